@@ -1,0 +1,138 @@
+"""Multi-head self-attention with one override point between softmax and `attn @ v`."""
+
+import keras
+from keras import ops
+
+
+@keras.saving.register_keras_serializable(package="keras_deepvit")
+class MultiHeadSelfAttention(keras.layers.Layer):
+    """Multi-head self-attention as in ViT: one fused `qkv` projection, then `proj`.
+
+    `softmax(q k^T * head_dim**-0.5) v`, heads concatenated, then a linear
+    projection. Subclasses change what happens to the attention maps between the
+    softmax and the product with `v` by overriding `transform_attention` (and
+    setting `transforms_attention`): that is where DeepViT's re-attention and
+    Refiner-ViT's refinement plug in.
+
+    When the maps are neither transformed nor requested, the layer calls
+    `keras.ops.dot_product_attention`, which uses the backend's fused kernel
+    (flash / cuDNN attention where available).
+
+    Args:
+        num_heads: int, number of heads; must divide the input width.
+        qkv_bias: bool, whether the `qkv` projection has a bias.
+        attention_dropout: float, dropout on the attention maps.
+        proj_dropout: float, dropout after the output projection.
+
+    Call arguments:
+        inputs: `(batch, tokens, dim)` tensor.
+        return_attention_scores: bool; if True also return the attention maps
+            `(batch, heads, tokens, tokens)` that multiplied `v` (after any
+            transform), in PyTorch's layout.
+        training: bool.
+
+    Returns:
+        `(batch, tokens, dim)`, or a tuple `(outputs, attention_maps)`.
+
+    Example:
+    >>> import numpy as np
+    >>> layer = MultiHeadSelfAttention(num_heads=2)
+    >>> out, maps = layer(np.zeros((1, 5, 8), "float32"), return_attention_scores=True)
+    >>> out.shape, maps.shape
+    ((1, 5, 8), (1, 2, 5, 5))
+    """
+
+    #: Subclasses that change the maps set this so the fused path is not taken.
+    transforms_attention = False
+
+    def __init__(
+        self, num_heads, qkv_bias=True, attention_dropout=0.0, proj_dropout=0.0, **kwargs
+    ):
+        super().__init__(**kwargs)
+        self.num_heads = num_heads
+        self.qkv_bias = qkv_bias
+        self.attention_dropout = attention_dropout
+        self.proj_dropout = proj_dropout
+
+    # ---- construction -------------------------------------------------
+    def qkv_width(self, dim):
+        """Output width of the `qkv` projection (q, k and v: `3 * dim`)."""
+        return 3 * dim
+
+    def build(self, input_shape):
+        dim = input_shape[-1]
+        if dim % self.num_heads:
+            raise ValueError(
+                f"Layer '{self.name}': width {dim} is not divisible by "
+                f"num_heads={self.num_heads}."
+            )
+        self.dim = dim
+        self.head_dim = dim // self.num_heads
+        self.scale = self.head_dim**-0.5
+        self.qkv = keras.layers.Dense(
+            self.qkv_width(dim), use_bias=self.qkv_bias, dtype=self.dtype_policy, name="qkv"
+        )
+        self.qkv.build(input_shape)
+        self.proj = keras.layers.Dense(dim, dtype=self.dtype_policy, name="proj")
+        self.proj.build(tuple(input_shape[:-1]) + (dim,))
+        self.attn_drop = keras.layers.Dropout(self.attention_dropout, dtype=self.dtype_policy)
+        self.proj_drop = keras.layers.Dropout(self.proj_dropout, dtype=self.dtype_policy)
+        self.build_attention_transform()
+
+    def build_attention_transform(self):
+        """Creates the weights of `transform_attention`; nothing in plain attention."""
+
+    # ---- computation --------------------------------------------------
+    def transform_attention(self, attention, training=None):
+        """Override point: maps `(batch, heads, q, k)` softmax output to the maps used."""
+        return attention
+
+    def split_heads(self, x, parts):
+        """`(batch, tokens, parts * dim)` -> `parts` tensors `(batch, tokens, heads, head_dim)`."""
+        tokens = ops.shape(x)[1]
+        x = ops.reshape(x, (-1, tokens, parts, self.num_heads, self.head_dim))
+        return [x[:, :, i] for i in range(parts)]
+
+    def attention_maps(self, q, k):
+        """Softmax attention `(batch, heads, q, k)` from `(batch, tokens, heads, head_dim)`."""
+        logits = ops.einsum("bqhd,bkhd->bhqk", q, k) * ops.cast(self.scale, q.dtype)
+        return ops.cast(ops.softmax(ops.cast(logits, "float32"), axis=-1), q.dtype)
+
+    def attend(self, attention, v):
+        """`attention @ v` with heads merged back: `(batch, tokens, dim)`."""
+        out = ops.einsum("bhqk,bkhd->bqhd", attention, v)
+        return ops.reshape(out, (-1, ops.shape(out)[1], self.dim))
+
+    def output_projection(self, x, training=None):
+        return self.proj_drop(self.proj(x), training=training)
+
+    def call(self, inputs, return_attention_scores=False, training=None):
+        q, k, v = self.split_heads(self.qkv(inputs), 3)
+        use_fused = not (
+            return_attention_scores
+            or self.transforms_attention
+            or (training and self.attention_dropout > 0)
+        )
+        if use_fused:
+            out = ops.dot_product_attention(q, k, v, scale=self.scale)
+            out = ops.reshape(out, (-1, ops.shape(out)[1], self.dim))
+            return self.output_projection(out, training=training)
+        attention = self.attention_maps(q, k)
+        attention = self.attn_drop(attention, training=training)
+        attention = self.transform_attention(attention, training=training)
+        out = self.output_projection(self.attend(attention, v), training=training)
+        if return_attention_scores:
+            return out, attention
+        return out
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "num_heads": self.num_heads,
+                "qkv_bias": self.qkv_bias,
+                "attention_dropout": self.attention_dropout,
+                "proj_dropout": self.proj_dropout,
+            }
+        )
+        return config

@@ -1,0 +1,80 @@
+"""DeepViT's re-attention: mix the heads' attention maps with a learned H x H matrix."""
+
+import keras
+from keras import ops
+
+from keras_deepvit.layers.attention import MultiHeadSelfAttention
+from keras_deepvit.layers.torch_like import torch_batch_norm
+
+
+@keras.saving.register_keras_serializable(package="keras_deepvit")
+class ReAttention(MultiHeadSelfAttention):
+    """Re-attention (Zhou et al. 2021, "DeepViT", arXiv 2103.11886, Eq. 3).
+
+    After the softmax, the heads' maps are mixed by a learnable `heads x heads`
+    matrix with bias (the official code's 1x1 convolution over the head axis,
+    `reatten_matrix`), normalised by BatchNorm over the head axis (`var_norm`)
+    and optionally multiplied by the attention scale `head_dim**-0.5`
+    (`transform_scale`, used by DeepViT-S only). Mixing heads regenerates diverse
+    maps in deep layers where plain self-attention collapses to near-identical
+    maps. With `apply_transform=False` the layer is plain self-attention.
+
+    Args:
+        num_heads: int, number of heads.
+        apply_transform: bool, whether to re-attend (mix heads + BatchNorm).
+        transform_scale: bool, multiply the mixed maps by `head_dim**-0.5`.
+        qkv_bias, attention_dropout, proj_dropout: as `MultiHeadSelfAttention`.
+
+    Call arguments:
+        inputs: `(batch, tokens, dim)`.
+        return_attention_scores: bool, also return the (re-)attention maps.
+        training: bool; also selects the BatchNorm mode.
+
+    Returns:
+        `(batch, tokens, dim)`, or `(outputs, maps)` with maps `(batch, heads, tokens, tokens)`.
+
+    Example:
+    >>> import numpy as np
+    >>> layer = ReAttention(num_heads=4, apply_transform=True)
+    >>> out, maps = layer(np.zeros((2, 5, 8), "float32"), return_attention_scores=True)
+    >>> maps.shape
+    (2, 4, 5, 5)
+    """
+
+    def __init__(self, num_heads, apply_transform=True, transform_scale=False, **kwargs):
+        super().__init__(num_heads, **kwargs)
+        self.apply_transform = apply_transform
+        self.transform_scale = transform_scale
+        self.transforms_attention = apply_transform
+
+    def build_attention_transform(self):
+        if not self.apply_transform:
+            return
+        heads = self.num_heads
+        # Stored as (out_head, in_head), the orientation of the official 1x1 conv.
+        self.reatten_kernel = self.add_weight(
+            shape=(heads, heads),
+            initializer=keras.initializers.VarianceScaling(1.0, "fan_in", "uniform"),
+            name="reatten_kernel",
+        )
+        self.reatten_bias = self.add_weight(shape=(heads,), initializer="zeros", name="reatten_bias")
+        self.var_norm = torch_batch_norm("var_norm", axis=1, dtype=self.dtype_policy)
+        self.var_norm.build((None, heads, None, None))
+
+    def transform_attention(self, attention, training=None):
+        if not self.apply_transform:
+            return attention
+        kernel = ops.cast(self.reatten_kernel, attention.dtype)
+        bias = ops.cast(self.reatten_bias, attention.dtype)
+        mixed = ops.einsum("bhqk,gh->bgqk", attention, kernel) + bias[None, :, None, None]
+        mixed = self.var_norm(mixed, training=training)
+        if self.transform_scale:
+            mixed = mixed * ops.cast(self.scale, mixed.dtype)
+        return mixed
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {"apply_transform": self.apply_transform, "transform_scale": self.transform_scale}
+        )
+        return config

@@ -1,0 +1,57 @@
+"""The base class of the three family models: config = constructor arguments,
+plus access to every block's attention maps."""
+
+import keras
+
+
+class VisionTransformerFamily(keras.Model):
+    """A functional Keras model whose `get_config()` is its constructor arguments.
+
+    Subclasses create their layers in a namespace (a `SimpleNamespace`; the
+    PyTorch backend forbids setting layer attributes before `Model.__init__`),
+    then call `_finish_init`, which traces the graph with the static
+    `trace(layers, inputs, ...)` and afterwards copies the layers onto the model.
+    Tracing again with `return_attention_maps=True` re-uses the same layers (and
+    weights), which is how `attention_model()` exposes the maps.
+    """
+
+    def _finish_init(self, inputs, layers, config, name, **kwargs):
+        outputs, _ = self.trace(layers, inputs, return_attention_maps=False)
+        super().__init__(inputs=inputs, outputs=outputs, name=name, **kwargs)
+        for key, value in vars(layers).items():
+            setattr(self, key, value)
+        self._model_input = inputs
+        self._arch_config = dict(config)
+
+    @staticmethod
+    def trace(layers, inputs, return_attention_maps=False):
+        """Runs `layers` on `inputs`: returns `(outputs, attention_maps or None)`."""
+        raise NotImplementedError
+
+    def attention_model(self):
+        """A model sharing this model's layers that returns every block's attention maps.
+
+        The maps are the ones each block multiplied `v` with, in PyTorch's layout
+        `(batch, heads, tokens, tokens)` with the class token(s) first: after
+        re-attention (DeepViT) or refinement (Refiner-ViT). The returned model
+        maps the same images to a list with one array per block (PiT: per block
+        of every stage, in order).
+
+        Example:
+        >>> import numpy as np, keras_deepvit
+        >>> model = keras_deepvit.create_model("deepvit_16", input_shape=(32, 32, 3), weights=None)
+        >>> maps = model.attention_model()(np.zeros((1, 32, 32, 3), "float32"))
+        >>> len(maps), tuple(maps[0].shape)
+        (16, (1, 12, 5, 5))
+        """
+        _, maps = self.trace(self, self._model_input, return_attention_maps=True)
+        return keras.Model(self._model_input, maps, name=f"{self.name}_attention")
+
+    def get_config(self):
+        config = dict(self._arch_config)
+        config.update({"name": self.name, "trainable": self.trainable})
+        return config
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        return cls(**config)

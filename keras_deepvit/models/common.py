@@ -1,0 +1,117 @@
+"""What every family shares: keras.applications-style arguments, inputs and heads."""
+
+import keras
+from keras import ops
+
+from keras_deepvit.layers.preprocessing import ImageNormalization
+from keras_deepvit.layers.torch_like import torch_layer_norm
+
+POOLING_MODES = ("token", "avg", None)
+
+#: Input normalisation of the official default configs.
+HALF_MEAN_STD = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+IMAGENET_MEAN_STD = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+
+
+def validate_application_args(name, include_top, pooling, classes, classifier_activation):
+    """Raises a clear ValueError for inconsistent keras.applications-style arguments."""
+    if pooling not in POOLING_MODES:
+        raise ValueError(
+            f"{name}: pooling must be one of 'token', 'avg' or None, got {pooling!r}."
+        )
+    if include_top and (not isinstance(classes, int) or classes < 1):
+        raise ValueError(
+            f"{name}: with include_top=True, classes must be a positive int, got {classes!r}."
+        )
+    if not include_top and classifier_activation not in (None, "softmax"):
+        # keras.applications ignores it too; say so instead of silently dropping it.
+        raise ValueError(
+            f"{name}: classifier_activation={classifier_activation!r} has no effect "
+            "with include_top=False; leave it at its default."
+        )
+
+
+def validate_list(name, what, values, length):
+    """Checks that a per-block or per-stage list has the expected length."""
+    values = list(values)
+    if len(values) != length:
+        raise ValueError(
+            f"{name}: {what} must have {length} entries (one per block/stage), "
+            f"got {len(values)}: {values!r}."
+        )
+    return values
+
+
+def per_block_flags(name, what, value, depth):
+    """A bool for all blocks, or one bool per block, as a list of `depth` bools."""
+    if isinstance(value, bool):
+        return [value] * depth
+    return [bool(v) for v in validate_list(name, what, value, depth)]
+
+
+def image_input(name, input_shape, input_tensor, default_size):
+    """The model's `keras.Input` (or the user's tensor) and the static image shape."""
+    if input_tensor is not None:
+        if not keras.backend.is_keras_tensor(input_tensor):
+            raise ValueError(
+                f"{name}: input_tensor must be a symbolic Keras tensor (from keras.Input "
+                f"or another model's output), got {type(input_tensor).__name__}."
+            )
+        shape = tuple(input_tensor.shape[1:])
+        return input_tensor, shape
+    shape = tuple(input_shape) if input_shape is not None else (default_size, default_size, 3)
+    if len(shape) != 3 or any(not isinstance(d, int) or d < 1 for d in shape):
+        raise ValueError(
+            f"{name}: input_shape must be (height, width, channels) with positive ints "
+            f"(position embeddings are sized to the patch grid), got {input_shape!r}."
+        )
+    return keras.Input(shape=shape, name="images"), shape
+
+
+def preprocessing(include_preprocessing, mean_std, dtype=None):
+    """The input normalisation layer, or None when the caller normalises."""
+    if not include_preprocessing:
+        return None
+    mean, std = mean_std
+    return ImageNormalization(mean, std, name="preprocessing", dtype=dtype)
+
+
+def final_norm(dtype=None):
+    return torch_layer_norm("norm", dtype=dtype)
+
+
+def classifier(classes, name, dtype=None):
+    return keras.layers.Dense(classes, name=name, dtype=dtype)
+
+
+def activation(classifier_activation, dtype=None):
+    """The classifier activation as a layer (float32 under mixed precision)."""
+    if classifier_activation is None:
+        return None
+    return keras.layers.Activation(classifier_activation, name="predictions", dtype="float32")
+
+
+def pool_tokens(tokens, pooling, num_prefix_tokens):
+    """`token`: mean of the class/distillation tokens; `avg`: mean of the patch tokens."""
+    if pooling == "token":
+        if num_prefix_tokens == 1:
+            return tokens[:, 0]
+        return ops.mean(tokens[:, :num_prefix_tokens], axis=1)
+    if pooling == "avg":
+        return ops.mean(tokens[:, num_prefix_tokens:], axis=1)
+    return tokens
+
+
+def drop_path_rates(drop_path_rate, depth):
+    """Linearly increasing stochastic depth, 0 for the first block (official rule)."""
+    if depth == 1:
+        return [0.0]
+    return [drop_path_rate * i / (depth - 1) for i in range(depth)]
+
+
+def vit_tokens(layers, images):
+    """DeepViT / Refiner-ViT: image -> `(batch, 1 + patches, dim)` tokens entering the blocks."""
+    x = layers.preprocessing(images) if layers.preprocessing is not None else images
+    x = layers.patch_embed(x)
+    x = ops.reshape(x, (-1, x.shape[1] * x.shape[2], x.shape[3]))
+    return layers.pos_drop(layers.pos_embed(layers.cls_token(x)))
