@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -25,9 +26,11 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-try:  # tests/ may or may not be a package
+try:  # tests/ as a package
     from . import torch_reference as ref
-except ImportError:
+except ImportError:  # rootdir-relative or importlib import modes
+    if str(Path(__file__).resolve().parent) not in sys.path:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
     import torch_reference as ref
 
 REFERENCE_DIR = Path(os.environ.get(

@@ -16,6 +16,11 @@ class VisionTransformerFamily(keras.Model):
     """
 
     def _finish_init(self, inputs, layers, config, name, **kwargs):
+        # Keras checks a functional graph's connectivity with the number of outputs of
+        # each layer's *first* call, so a layer first called without maps could not
+        # later be wired into `attention_model()`. Trace once with maps on a throwaway
+        # input first; the nodes it leaves behind are not part of this model's graph.
+        self.trace(layers, keras.Input(shape=inputs.shape[1:]), return_attention_maps=True)
         outputs, _ = self.trace(layers, inputs, return_attention_maps=False)
         super().__init__(inputs=inputs, outputs=outputs, name=name, **kwargs)
         for key, value in vars(layers).items():
