@@ -140,9 +140,6 @@ class RefinerAttention(MultiHeadSelfAttention):
     def qkv_width(self, dim):
         return dim if self.share_attention else 3 * dim
 
-    def build(self, input_shape, previous_attention_shape=None):
-        super().build(input_shape)
-
     def build_attention_transform(self):
         self.refiner = None
         if not (self.share_attention or self.refine_attention):

@@ -1,0 +1,95 @@
+"""The `keras-deepvit` command: list the registered models, run the offline demo.
+
+Usage:
+    keras-deepvit list [--family {deepvit,refiner,pit}]
+    KERAS_BACKEND=jax keras-deepvit demo [--model pit_ti] [--image-size 224]
+
+The backend is whatever Keras picks (`KERAS_BACKEND`, then `~/.keras/keras.json`);
+the command changes no global setting besides seeding the demo's random weights.
+"""
+
+import argparse
+
+from keras_deepvit.models.registry import list_models
+from keras_deepvit.models.variants import VARIANTS
+
+FAMILIES = ("deepvit", "refiner", "pit")
+
+
+def model_table(names):
+    """Rows of the `list` command: name, params, input size, official source.
+
+    Example:
+    >>> print(model_table(["pit_ti"])[1])
+    pit_ti  4,847,272  224x224  naver-ai/pit pit_ti
+    """
+    header = ("name", "params", "input", "source")
+    rows = [header] + [
+        (name, f"{VARIANTS[name]['params']:,}", f"{VARIANTS[name]['size']}x{VARIANTS[name]['size']}",
+         VARIANTS[name]["source"])
+        for name in names
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    return [
+        "  ".join([row[0].ljust(widths[0]), row[1].rjust(widths[1]), row[2].ljust(widths[2]), row[3]])
+        for row in rows
+    ]
+
+
+def _list(args):
+    print("\n".join(model_table(list_models(args.family))))
+    return 0
+
+
+def _demo(args):
+    # Imported here so `list` does not pay for scikit-image and Pillow.
+    from keras_deepvit import demo
+
+    result = demo.classify_sample_images(args.model, image_size=args.image_size, seed=args.seed)
+    print("\n".join(demo.format_report(result)))
+    return 0
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="keras-deepvit",
+        description="DeepViT, Refiner-ViT and PiT for Keras 3 (TensorFlow, JAX, PyTorch).",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    listing = commands.add_parser("list", help="print the registered models")
+    listing.add_argument("--family", choices=FAMILIES, help="only this family")
+    listing.set_defaults(run=_list)
+
+    demo = commands.add_parser(
+        "demo", help="classify scikit-image's sample photos (offline; random weights for now)"
+    )
+    demo.add_argument(
+        "--model", default="pit_ti", choices=list_models(), metavar="NAME",
+        help="a name from `keras-deepvit list` (default: pit_ti)",
+    )
+    demo.add_argument(
+        "--image-size", type=int, default=None, metavar="INT",
+        help="square input size (default: the model's, 224 for all but the *_384/*_448 variants)",
+    )
+    demo.add_argument("--seed", type=int, default=0, help="random seed of the weights (default: 0)")
+    demo.set_defaults(run=_demo)
+    return parser
+
+
+def main(argv=None):
+    """Runs the command line `argv` (default: `sys.argv[1:]`); returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "image_size", None) is not None and args.image_size < 1:
+        parser.error(f"--image-size must be a positive int, got {args.image_size}.")
+    try:
+        return args.run(args)
+    except (ValueError, ImportError) as error:
+        # Invalid combinations (e.g. an image smaller than one patch) and missing
+        # optional packages: show the library's message, not a traceback.
+        parser.exit(2, f"keras-deepvit {args.command}: error: {error}\n")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

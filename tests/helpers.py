@@ -1,0 +1,140 @@
+"""Test helpers: numpy conversion, error metrics, the reference fixtures, and the
+round-trip checks every layer and model goes through."""
+
+import json
+import os
+from pathlib import Path
+
+import keras
+import numpy as np
+
+REFERENCE_DIR = Path(
+    os.environ.get(
+        "KERAS_DEEPVIT_REFERENCE_DIR", Path(__file__).resolve().parents[2] / "shared" / "reference"
+    )
+)
+TINY_DIR = REFERENCE_DIR / "tiny"
+
+
+def to_numpy(x):
+    if isinstance(x, dict):
+        return {k: to_numpy(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return type(x)(to_numpy(v) for v in x)
+    return np.asarray(keras.ops.convert_to_numpy(x))
+
+
+def rel_l2(actual, expected):
+    actual = np.asarray(actual, np.float64)
+    expected = np.asarray(expected, np.float64)
+    return float(np.linalg.norm(actual - expected) / np.linalg.norm(expected))
+
+
+def load_fixture(name):
+    """(keys.json dict, npz arrays, state dict of numpy arrays) of a tiny fixture."""
+    import torch
+
+    meta = json.loads((TINY_DIR / f"{name}.keys.json").read_text())
+    arrays = dict(np.load(TINY_DIR / f"{name}.npz"))
+    state = torch.load(TINY_DIR / f"{name}.pth", map_location="cpu", weights_only=True)
+    return meta, arrays, {k: v.numpy() for k, v in state.items()}
+
+
+def keras_kwargs_from_official(model_class, class_kwargs):
+    """Our family class and arguments for an official model class + constructor kwargs."""
+    from keras_deepvit.models import DeepViT, PiT, RefinerViT
+
+    kw = dict(class_kwargs)
+    classes = kw.get("num_classes", 1000)
+    if model_class == "DeepVisionTransformer":
+        return DeepViT, dict(
+            depth=len(kw["apply_transform"]), embed_dim=kw["embed_dim"], num_heads=kw["num_heads"],
+            mlp_ratio=kw.get("mlp_ratio", 4), re_attention=list(kw["apply_transform"]),
+            transform_scale=kw.get("transform_scale", False),
+            scale_adjustment=kw.get("scale_adjustment", 1.0),
+            stem="cnn" if kw.get("use_cnn_embed", False) else "patch",
+            patch_size=kw.get("patch_size", 16), classes=classes,
+        )
+    if model_class == "Refiner_ViT":
+        return RefinerViT, dict(
+            depth=len(kw["depth"]), embed_dim=kw["embed_dim"], num_heads=kw["num_heads"],
+            mlp_ratio=kw.get("mlp_ratio", 4), share_attention=list(kw["depth"]),
+            refine_attention=list(kw.get("apply_transform", [False] * len(kw["depth"]))),
+            head_expand=kw.get("head_expand", 3),
+            stem="cnn" if kw.get("use_cnn_embed", True) else "patch",
+            dense_head=kw.get("return_dense", True), patch_size=kw.get("patch_size", 16),
+            classes=classes,
+        )
+    distilled = model_class == "DistilledPoolingTransformer" or kw.get("distilled", False)
+    return PiT, dict(
+        patch_size=kw["patch_size"], stride=kw["stride"], base_dims=kw["base_dims"],
+        depth=kw["depth"], heads=kw["heads"], mlp_ratio=kw.get("mlp_ratio", 4),
+        distilled=distilled, classes=classes,
+    )
+
+
+def assert_same_outputs(a, b, atol=1e-6):
+    a, b = to_numpy(a), to_numpy(b)
+    if isinstance(a, dict):
+        assert a.keys() == b.keys()
+        for key in a:
+            np.testing.assert_allclose(a[key], b[key], atol=atol, rtol=1e-5)
+    else:
+        np.testing.assert_allclose(a, b, atol=atol, rtol=1e-5)
+
+
+def check_model_round_trips(model, inputs, tmp_path):
+    """from_config, `.keras` saving and `.weights.h5` reload reproduce the outputs."""
+    expected = model(inputs, training=False)
+    clone = model.__class__.from_config(model.get_config())
+    assert clone.get_config() == model.get_config()
+    clone.set_weights(model.get_weights())
+    assert_same_outputs(clone(inputs, training=False), expected)
+
+    path = tmp_path / "model.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    assert type(loaded) is type(model)
+    assert_same_outputs(loaded(inputs, training=False), expected)
+
+    weights_path = tmp_path / "model.weights.h5"
+    model.save_weights(weights_path)
+    fresh = model.__class__.from_config(model.get_config())
+    fresh.load_weights(weights_path)
+    assert_same_outputs(fresh(inputs, training=False), expected)
+
+
+def check_layer(layer_cls, init_kwargs, inputs, call_kwargs=None, tmp_path=None, train=True):
+    """Config round trip, symbolic and eager calls, a fit step and `.keras` saving of a layer.
+
+    The layer's first output is wrapped in a one-layer functional model.
+    """
+    call_kwargs = call_kwargs or {}
+    layer = layer_cls(**init_kwargs)
+    config = layer.get_config()
+    clone = layer_cls.from_config(config)
+    assert clone.get_config() == config
+
+    inputs = inputs if isinstance(inputs, (list, tuple)) else [inputs]
+    symbolic = [keras.Input(shape=np.shape(x)[1:]) for x in inputs]
+    out = layer(*symbolic, **call_kwargs)
+    first = out[0] if isinstance(out, (list, tuple)) else out
+    model = keras.Model(symbolic if len(symbolic) > 1 else symbolic[0], first)
+    eager = model(inputs if len(inputs) > 1 else inputs[0])
+    assert tuple(first.shape[1:]) == tuple(to_numpy(eager).shape[1:])
+
+    if train and model.trainable_weights:
+        model.compile(optimizer=keras.optimizers.SGD(1e-3), loss="mse")
+        target = np.zeros(to_numpy(eager).shape, "float32")
+        history = model.fit(
+            inputs if len(inputs) > 1 else inputs[0], target, epochs=1, batch_size=len(target), verbose=0
+        )
+        assert np.isfinite(history.history["loss"][0])
+
+    if tmp_path is not None:
+        path = tmp_path / "layer.keras"
+        model.save(path)
+        loaded = keras.saving.load_model(path)
+        data = inputs if len(inputs) > 1 else inputs[0]
+        assert_same_outputs(loaded(data), model(data))
+    return layer

@@ -1,0 +1,127 @@
+"""Every public layer: config round trip, symbolic + eager calls, a fit step, `.keras` saving."""
+
+import keras
+import numpy as np
+import pytest
+
+from helpers import check_layer, to_numpy
+from keras_deepvit import layers
+
+RNG = np.random.default_rng(0)
+TOKENS = RNG.normal(size=(2, 5, 8)).astype("float32")
+IMAGES = RNG.uniform(0, 255, size=(2, 32, 32, 3)).astype("float32")
+MAPS = RNG.uniform(size=(2, 4, 5, 5)).astype("float32")
+FMAP = RNG.normal(size=(2, 7, 7, 8)).astype("float32")
+CLS = RNG.normal(size=(2, 1, 8)).astype("float32")
+
+CASES = {
+    "MultiHeadSelfAttention": (layers.MultiHeadSelfAttention, dict(num_heads=2), TOKENS, {}),
+    "MultiHeadSelfAttention_maps": (
+        layers.MultiHeadSelfAttention, dict(num_heads=2), TOKENS, dict(return_attention_scores=True)
+    ),
+    "ReAttention": (layers.ReAttention, dict(num_heads=4, transform_scale=True), TOKENS, {}),
+    "ReAttention_off": (layers.ReAttention, dict(num_heads=4, apply_transform=False), TOKENS, {}),
+    "RefinerAttention": (layers.RefinerAttention, dict(num_heads=4, refine_attention=True), TOKENS, {}),
+    "DistributedLocalAttention": (layers.DistributedLocalAttention, dict(expansion_ratio=2), MAPS, {}),
+    "DistributedLocalAttention_noexp": (layers.DistributedLocalAttention, dict(expansion_ratio=1), MAPS, {}),
+    "ConvHeadPooling": (layers.ConvHeadPooling, dict(output_dim=16), [FMAP, CLS], {}),
+    "ConvPatchEmbedding": (layers.ConvPatchEmbedding, dict(embed_dim=8, patch_size=8, stride=4), IMAGES, {}),
+    "ConvStemPatchEmbedding": (
+        layers.ConvStemPatchEmbedding, dict(embed_dim=8, patch_size=8, stem_filters=(4, 6, 6)), IMAGES, {}
+    ),
+    "ClassTokens": (layers.ClassTokens, dict(num_tokens=2), TOKENS, {}),
+    "PositionEmbedding": (layers.PositionEmbedding, {}, FMAP, {}),
+    "ImageNormalization": (layers.ImageNormalization, dict(mean=(0.5,) * 3, std=(0.25,) * 3), IMAGES, {}),
+    "DropPath": (layers.DropPath, dict(rate=0.2, seed=1), TOKENS, {}),
+    "Mlp": (layers.Mlp, dict(hidden_dim=12, channel_scale=True), TOKENS, {}),
+    "TransformerBlock": (layers.TransformerBlock, dict(num_heads=2, drop_path_rate=0.1), TOKENS, {}),
+    "ReAttentionBlock": (
+        layers.ReAttentionBlock, dict(num_heads=4, scale_adjustment=0.5, transform_scale=True), TOKENS, {}
+    ),
+    "RefinerBlock": (layers.RefinerBlock, dict(num_heads=4), TOKENS, {}),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_layer_contract(case, tmp_path):
+    layer_cls, kwargs, inputs, call_kwargs = CASES[case]
+    check_layer(layer_cls, kwargs, inputs, call_kwargs, tmp_path=tmp_path)
+
+
+def test_every_public_layer_is_covered():
+    covered = {CASES[c][0].__name__ for c in CASES}
+    assert covered == set(layers.__all__)
+
+
+def test_fused_and_explicit_attention_agree():
+    layer = layers.MultiHeadSelfAttention(num_heads=2)
+    fused = to_numpy(layer(TOKENS))
+    explicit, maps = layer(TOKENS, return_attention_scores=True)
+    np.testing.assert_allclose(to_numpy(explicit), fused, atol=1e-5)
+    np.testing.assert_allclose(to_numpy(maps).sum(-1), 1.0, atol=1e-5)
+
+
+def test_reattention_without_transform_is_plain_attention():
+    plain = layers.MultiHeadSelfAttention(num_heads=4)
+    re_attn = layers.ReAttention(num_heads=4, apply_transform=False)
+    plain.build(TOKENS.shape)
+    re_attn.build(TOKENS.shape)
+    re_attn.set_weights(plain.get_weights())
+    np.testing.assert_allclose(to_numpy(re_attn(TOKENS)), to_numpy(plain(TOKENS)), atol=1e-6)
+
+
+def test_reattention_mixes_heads():
+    layer = layers.ReAttention(num_heads=4, apply_transform=True)
+    layer.build(TOKENS.shape)
+    kernel = np.eye(4)[::-1].astype("float32")  # swap heads 0<->3, 1<->2
+    layer.reatten_kernel.assign(kernel)
+    _, swapped = layer(TOKENS, return_attention_scores=True)
+    plain = layers.MultiHeadSelfAttention(num_heads=4)
+    plain.build(TOKENS.shape)
+    plain.qkv.set_weights(layer.qkv.get_weights())
+    plain.proj.set_weights(layer.proj.get_weights())
+    _, softmax_maps = plain(TOKENS, return_attention_scores=True)
+    # Fresh BatchNorm (mean 0, var 1, eps 1e-5) after the swap: maps / sqrt(1 + eps).
+    np.testing.assert_allclose(
+        to_numpy(swapped), to_numpy(softmax_maps)[:, ::-1] / np.sqrt(1 + 1e-5), atol=1e-5
+    )
+
+
+def test_shared_refiner_attention_needs_previous_maps():
+    layer = layers.RefinerAttention(num_heads=4, share_attention=True)
+    with pytest.raises(ValueError, match="previous block's maps"):
+        layer(TOKENS)
+    out, passed_on = layer(TOKENS, previous_attention=MAPS)
+    np.testing.assert_array_equal(to_numpy(passed_on), MAPS)
+    assert tuple(out.shape) == TOKENS.shape
+
+
+def test_pooling_pads_symmetrically_on_even_grids():
+    layer = layers.ConvHeadPooling(output_dim=8)
+    fmap = np.ones((1, 4, 4, 8), "float32")
+    layer.build(fmap.shape, CLS.shape)
+    layer.conv.kernel.assign(np.ones(layer.conv.kernel.shape, "float32"))
+    layer.conv.bias.assign(np.zeros(layer.conv.bias.shape, "float32"))
+    out, _ = layer(fmap, CLS)
+    # With symmetric padding 1 the top-left output sees a 2x2 window of ones.
+    assert to_numpy(out)[0, 0, 0, 0] == 4.0
+    assert to_numpy(out)[0, 1, 1, 0] == 9.0
+
+
+def test_drop_path_drops_whole_samples():
+    layer = layers.DropPath(rate=0.5, seed=3)
+    out = to_numpy(layer(np.ones((64, 3, 2), "float32"), training=True))
+    per_sample = out.reshape(64, -1)
+    assert set(np.unique(per_sample)) <= {0.0, 2.0}
+    assert np.all(per_sample.min(1) == per_sample.max(1))
+
+
+def test_invalid_arguments_are_reported():
+    with pytest.raises(ValueError, match="DropPath rate"):
+        layers.DropPath(rate=1.0)
+    with pytest.raises(ValueError, match="not divisible by num_heads=3"):
+        layers.MultiHeadSelfAttention(num_heads=3)(TOKENS)
+    with pytest.raises(ValueError, match="multiple of the input width"):
+        layers.ConvHeadPooling(output_dim=12)(FMAP, CLS)
+    with pytest.raises(ValueError, match="static input shape"):
+        layers.PositionEmbedding().build((None, None, 8))
