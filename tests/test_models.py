@@ -1,0 +1,145 @@
+"""Every family model: config round trip, `.keras` saving, symbolic + eager calls,
+a fit step, the keras.applications options, and clear errors for bad arguments."""
+
+import keras
+import numpy as np
+import pytest
+
+import keras_deepvit
+from helpers import check_model_round_trips, to_numpy
+from keras_deepvit.models import DeepViT, PiT, RefinerViT
+
+SMALL = {
+    "deepvit": (DeepViT, dict(depth=3, embed_dim=24, num_heads=4, re_attention=[False, True, True],
+                              transform_scale=True, scale_adjustment=0.5, stem="cnn")),
+    "refiner": (RefinerViT, dict(depth=3, embed_dim=24, num_heads=4, head_expand=2,
+                                 refine_attention=[True, False, False], stem="cnn")),
+    "pit": (PiT, dict(patch_size=8, stride=4, base_dims=(4, 4), depth=(1, 1), heads=(2, 4),
+                      distilled=True)),
+}
+IMAGES = np.random.default_rng(0).uniform(0, 255, size=(2, 32, 32, 3)).astype("float32")
+
+
+def small(family, **kwargs):
+    cls, arch = SMALL[family]
+    arch = dict(arch, input_shape=(32, 32, 3), classes=5, **kwargs)
+    return cls(**arch)
+
+
+@pytest.mark.parametrize("family", sorted(SMALL))
+def test_round_trips(family, tmp_path):
+    check_model_round_trips(small(family, drop_path_rate=0.1), IMAGES, tmp_path)
+
+
+@pytest.mark.parametrize("family", sorted(SMALL))
+def test_fit_step_and_probabilities(family):
+    model = small(family, drop_path_rate=0.1, dropout_rate=0.1)
+    probs = to_numpy(model.predict(IMAGES, verbose=0))
+    np.testing.assert_allclose(probs.sum(-1), 1.0, atol=1e-5)
+    model.compile(optimizer=keras.optimizers.AdamW(1e-3), loss="sparse_categorical_crossentropy")
+    before = [to_numpy(w).copy() for w in model.trainable_weights]
+    history = model.fit(IMAGES, np.array([1, 3]), epochs=1, batch_size=2, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+    changed = [not np.array_equal(b, to_numpy(w)) for b, w in zip(before, model.trainable_weights)]
+    assert sum(changed) > 0.9 * len(changed)
+
+
+@pytest.mark.parametrize("family", sorted(SMALL))
+def test_symbolic_call_and_input_tensor(family):
+    inputs = keras.Input((32, 32, 3))
+    model = small(family, input_tensor=inputs)
+    outputs = keras.layers.Dense(2)(model.output)
+    wrapper = keras.Model(inputs, outputs)
+    assert to_numpy(wrapper(IMAGES)).shape == (2, 2)
+    assert "input_tensor" not in model.get_config()
+
+
+@pytest.mark.parametrize(
+    "family,pooling,shape",
+    [
+        ("deepvit", "token", (2, 24)), ("deepvit", "avg", (2, 24)), ("deepvit", None, (2, 5, 24)),
+        ("refiner", "token", (2, 24)), ("refiner", "avg", (2, 24)), ("refiner", None, (2, 5, 24)),
+        ("pit", "token", (2, 16)), ("pit", "avg", (2, 16)), ("pit", None, (2, 4, 4, 16)),
+    ],
+)
+def test_feature_extraction(family, pooling, shape):
+    model = small(family, include_top=False, pooling=pooling)
+    assert to_numpy(model(IMAGES)).shape == shape
+
+
+@pytest.mark.parametrize("family,extra", [("refiner", "aux_logits"), ("pit", "dist_logits")])
+def test_separate_heads(family, extra):
+    model = small(family, separate_heads=True, classifier_activation=None)
+    out = to_numpy(model(IMAGES))
+    assert set(out) == {"logits", "cls_logits", extra}
+    if family == "pit":
+        np.testing.assert_allclose(out["logits"], (out["cls_logits"] + out["dist_logits"]) / 2, atol=1e-5)
+    else:
+        assert out["aux_logits"].shape == (2, 4, 5)
+        combined = out["cls_logits"] + 0.5 * out["aux_logits"].max(axis=1)
+        np.testing.assert_allclose(out["logits"], combined, atol=1e-5)
+    model.compile(
+        optimizer="adam",
+        loss={"cls_logits": keras.losses.SparseCategoricalCrossentropy(from_logits=True)},
+    )
+    model.fit(IMAGES, {"cls_logits": np.array([0, 1])}, epochs=1, verbose=0)
+
+
+@pytest.mark.parametrize("family,tokens", [("deepvit", 5), ("refiner", 5), ("pit", None)])
+def test_attention_model(family, tokens):
+    model = small(family)
+    maps = to_numpy(model.attention_model()(IMAGES))
+    if family == "pit":  # grid 7x7 -> 4x4, plus 2 tokens (distilled)
+        assert [m.shape for m in maps] == [(2, 2, 51, 51), (2, 4, 18, 18)]
+    else:
+        assert len(maps) == 3 and all(m.shape == (2, 4, tokens, tokens) for m in maps)
+
+
+def test_mixed_precision_forward_and_fit():
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")  # float16 matmuls are GPU-only in XLA:CPU
+    try:
+        for family in SMALL:
+            model = small(family)
+            probs = model(IMAGES)
+            assert probs.dtype == "float32"
+            assert np.all(np.isfinite(to_numpy(probs)))
+            model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+            model.fit(IMAGES, np.array([0, 1]), epochs=1, verbose=0)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+def test_non_square_inputs_and_other_sizes():
+    model = keras_deepvit.create_model("deepvit_16", input_shape=(48, 80, 3), depth=2, classes=3)
+    assert to_numpy(model(np.zeros((1, 48, 80, 3), "float32"))).shape == (1, 3)
+    model = keras_deepvit.create_model("pit_ti", input_shape=(80, 48, 3), classes=3)
+    assert to_numpy(model(np.zeros((1, 80, 48, 3), "float32"))).shape == (1, 3)
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(pooling="max"), "pooling must be one of"),
+        (dict(classes=0), "classes must be a positive int"),
+        (dict(input_shape=(32, 32)), r"input_shape must be \(height, width, channels\)"),
+        (dict(re_attention=[True, False]), "re_attention must have 3 entries"),
+        (dict(stem="vit"), "stem must be 'patch' or 'cnn'"),
+        (dict(include_top=False, classifier_activation="sigmoid"), "has no effect"),
+    ],
+)
+def test_bad_arguments(kwargs, match):
+    cls, arch = SMALL["deepvit"]
+    arch = dict(arch, input_shape=(32, 32, 3))
+    arch.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        cls(**arch)
+
+
+def test_refiner_first_block_cannot_share():
+    with pytest.raises(ValueError, match="share_attention\\[0\\] must be False"):
+        small("refiner", share_attention=[True, False, True])
+
+
+def test_pit_rejects_tiny_images():
+    with pytest.raises(ValueError, match="smaller than one patch"):
+        PiT(base_dims=(4,), depth=(1,), heads=(2,), input_shape=(8, 8, 3))
