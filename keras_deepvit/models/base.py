@@ -1,7 +1,13 @@
 """The base class of the three family models: config = constructor arguments,
 plus access to every block's attention maps."""
 
+import threading
+
 import keras
+
+#: Set while `attention_model()` builds its twin (see `_finish_init`).
+_ATTENTION_TWIN = threading.local()
+_ATTENTION_TWIN.active = False
 
 
 class VisionTransformerFamily(keras.Model):
@@ -16,11 +22,12 @@ class VisionTransformerFamily(keras.Model):
     """
 
     def _finish_init(self, inputs, layers, config, name, **kwargs):
-        # Keras checks a functional graph's connectivity with the number of outputs of
-        # each layer's *first* call, so a layer first called without maps could not
-        # later be wired into `attention_model()`. Trace once with maps on a throwaway
-        # input first; the nodes it leaves behind are not part of this model's graph.
-        self.trace(layers, keras.Input(shape=inputs.shape[1:]), return_attention_maps=True)
+        if getattr(_ATTENTION_TWIN, "active", False):
+            # Keras checks a functional graph's connectivity with the number of outputs
+            # of each layer's *first* call, so layers first called without maps cannot
+            # later be wired into an attention model. A twin built for
+            # `attention_model()` therefore traces with maps first.
+            self.trace(layers, keras.Input(shape=inputs.shape[1:]), return_attention_maps=True)
         outputs, _ = self.trace(layers, inputs, return_attention_maps=False)
         super().__init__(inputs=inputs, outputs=outputs, name=name, **kwargs)
         for key, value in vars(layers).items():
@@ -34,7 +41,7 @@ class VisionTransformerFamily(keras.Model):
         raise NotImplementedError
 
     def attention_model(self):
-        """A model sharing this model's layers that returns every block's attention maps.
+        """A model with this model's current weights that returns every block's attention maps.
 
         The maps are the ones each block multiplied `v` with, in PyTorch's layout
         `(batch, heads, tokens, tokens)` with the class token(s) first: after
@@ -49,8 +56,14 @@ class VisionTransformerFamily(keras.Model):
         >>> len(maps), tuple(maps[0].shape)
         (16, (1, 12, 5, 5))
         """
-        _, maps = self.trace(self, self._model_input, return_attention_maps=True)
-        return keras.Model(self._model_input, maps, name=f"{self.name}_attention")
+        _ATTENTION_TWIN.active = True
+        try:
+            twin = self.__class__.from_config(self.get_config())
+        finally:
+            _ATTENTION_TWIN.active = False
+        twin.set_weights(self.get_weights())
+        _, maps = twin.trace(twin, twin._model_input, return_attention_maps=True)
+        return keras.Model(twin._model_input, maps, name=f"{self.name}_attention")
 
     def get_config(self):
         config = dict(self._arch_config)
