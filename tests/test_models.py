@@ -101,7 +101,7 @@ def test_mixed_precision_forward_and_fit():
         for family in SMALL:
             model = small(family)
             probs = model(IMAGES)
-            assert probs.dtype == "float32"
+            assert keras.backend.standardize_dtype(probs.dtype) == "float32"
             assert np.all(np.isfinite(to_numpy(probs)))
             model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
             model.fit(IMAGES, np.array([0, 1]), epochs=1, verbose=0)
@@ -143,3 +143,39 @@ def test_refiner_first_block_cannot_share():
 def test_pit_rejects_tiny_images():
     with pytest.raises(ValueError, match="smaller than one patch"):
         PiT(base_dims=(4,), depth=(1,), heads=(2,), input_shape=(8, 8, 3))
+
+
+@pytest.mark.parametrize("constructor", keras_deepvit.models.CONSTRUCTORS)
+def test_constructors_match_the_registry(constructor):
+    model = getattr(keras_deepvit, constructor)(input_shape=(64, 64, 3), classes=4, name="custom")
+    assert model.name == "custom"
+    assert model.output_shape == (None, 4)
+    variant = model.get_config()
+    assert variant["classes"] == 4 and variant["include_top"]
+
+
+def test_create_model_errors():
+    with pytest.raises(ValueError, match="Unknown model 'pit_xxl'"):
+        keras_deepvit.create_model("pit_xxl")
+    with pytest.raises(ValueError, match="not available yet"):
+        keras_deepvit.create_model("pit_ti", weights="imagenet", input_shape=(64, 64, 3))
+    with pytest.raises(ValueError, match="weights file not found"):
+        keras_deepvit.create_model("pit_ti", weights="/nonexistent.weights.h5", input_shape=(64, 64, 3))
+
+
+def test_weights_file_round_trip(tmp_path):
+    model = keras_deepvit.PiTTi(input_shape=(64, 64, 3), classes=3)
+    path = tmp_path / "pit.weights.h5"
+    model.save_weights(path)
+    again = keras_deepvit.PiTTi(input_shape=(64, 64, 3), classes=3, weights=str(path))
+    images = np.random.default_rng(1).uniform(0, 255, (1, 64, 64, 3)).astype("float32")
+    np.testing.assert_allclose(to_numpy(again(images)), to_numpy(model(images)), atol=1e-6)
+
+
+def test_list_models():
+    names = keras_deepvit.list_models()
+    assert len(names) == 24 and names == sorted(names)
+    assert set(keras_deepvit.list_models("refiner")) == {
+        "refiner_s", "refiner_m", "refiner_l", "refiner_s_384", "refiner_m_384", "refiner_l_384",
+        "refiner_l_448",
+    }

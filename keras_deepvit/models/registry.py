@@ -36,11 +36,12 @@ def variant_info(name):
     return VARIANTS[name]
 
 
-def create_model(name, weights=None, input_shape=None, **kwargs):
+def create_model(name, /, weights=None, input_shape=None, **kwargs):
     """Builds a registered variant, keras.applications style.
 
     Args:
-        name: a name from `list_models()`, e.g. "deepvit_s" or "pit_b_distilled".
+        name: a name from `list_models()`, e.g. "deepvit_s" or "pit_b_distilled"
+            (positional: a `name=` keyword names the Keras model instead).
         weights: None (random initialisation) or the path of a Keras
             `.weights.h5` file saved from the same configuration. (Pretrained
             "imagenet" weights and PyTorch checkpoints arrive with the weights
