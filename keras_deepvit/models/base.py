@@ -17,8 +17,7 @@ class VisionTransformerFamily(keras.Model):
     PyTorch backend forbids setting layer attributes before `Model.__init__`),
     then call `_finish_init`, which traces the graph with the static
     `trace(layers, inputs, ...)` and afterwards copies the layers onto the model.
-    Tracing again with `return_attention_maps=True` re-uses the same layers (and
-    weights), which is how `attention_model()` exposes the maps.
+    `attention_model()` traces a twin with `return_attention_maps=True`.
     """
 
     def _finish_init(self, inputs, layers, config, name, **kwargs):
