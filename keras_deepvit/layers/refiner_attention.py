@@ -126,8 +126,6 @@ class RefinerAttention(MultiHeadSelfAttention):
     (1, 2, 5, 5)
     """
 
-    transforms_attention = True
-
     def __init__(
         self, num_heads, share_attention=False, refine_attention=False, expansion_ratio=3,
         **kwargs,

@@ -109,6 +109,31 @@ def drop_path_rates(drop_path_rate, depth):
     return [drop_path_rate * i / (depth - 1) for i in range(depth)]
 
 
+def add_vit_embedding(ns, name, stem, stem_filters, embed_dim, patch_size, dropout_rate, dtype):
+    """DeepViT / Refiner-ViT: the patch stem, class token, position embedding and dropout.
+
+    `stem` is "cnn" (`ConvStemPatchEmbedding` with `stem_filters`) or "patch" (one conv).
+    """
+    from keras_deepvit.layers.embeddings import (
+        ClassTokens,
+        ConvPatchEmbedding,
+        ConvStemPatchEmbedding,
+        PositionEmbedding,
+    )
+
+    if stem == "cnn":
+        ns.patch_embed = ConvStemPatchEmbedding(
+            embed_dim, patch_size, stem_filters, name="patch_embed", dtype=dtype
+        )
+    elif stem == "patch":
+        ns.patch_embed = ConvPatchEmbedding(embed_dim, patch_size, name="patch_embed", dtype=dtype)
+    else:
+        raise ValueError(f"{name}: stem must be 'patch' or 'cnn', got {stem!r}.")
+    ns.cls_token = ClassTokens(1, name="cls_token", dtype=dtype)
+    ns.pos_embed = PositionEmbedding(name="pos_embed", dtype=dtype)
+    ns.pos_drop = keras.layers.Dropout(dropout_rate, name="pos_drop", dtype=dtype)
+
+
 def vit_tokens(layers, images):
     """DeepViT / Refiner-ViT: image -> `(batch, 1 + patches, dim)` tokens entering the blocks."""
     x = layers.preprocessing(images) if layers.preprocessing is not None else images

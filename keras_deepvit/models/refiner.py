@@ -10,12 +10,6 @@ import keras
 from keras import ops
 
 from keras_deepvit.layers.blocks import RefinerBlock
-from keras_deepvit.layers.embeddings import (
-    ClassTokens,
-    ConvPatchEmbedding,
-    ConvStemPatchEmbedding,
-    PositionEmbedding,
-)
 from keras_deepvit.layers.refiner_attention import SHARED_EXPANSION_RATIO
 from keras_deepvit.models import common
 from keras_deepvit.models.base import VisionTransformerFamily
@@ -99,22 +93,14 @@ class RefinerViT(VisionTransformerFamily):
         if shared and shared[0]:
             raise ValueError(f"{name}: block 0 has no previous maps to share; share_attention[0] must be False.")
         refined = common.per_block_flags(name, "refine_attention", refine_attention, depth)
-        if stem not in ("patch", "cnn"):
-            raise ValueError(f"{name}: stem must be 'patch' or 'cnn', got {stem!r}.")
         inputs, image_shape = common.image_input(name, input_shape, input_tensor, 224)
         dtype = kwargs.get("dtype")
 
         ns = SimpleNamespace()
         ns.preprocessing = common.preprocessing(include_preprocessing, common.HALF_MEAN_STD, dtype)
-        if stem == "cnn":
-            ns.patch_embed = ConvStemPatchEmbedding(
-                embed_dim, patch_size, REFINER_STEM_FILTERS, name="patch_embed", dtype=dtype
-            )
-        else:
-            ns.patch_embed = ConvPatchEmbedding(embed_dim, patch_size, name="patch_embed", dtype=dtype)
-        ns.cls_token = ClassTokens(1, name="cls_token", dtype=dtype)
-        ns.pos_embed = PositionEmbedding(name="pos_embed", dtype=dtype)
-        ns.pos_drop = keras.layers.Dropout(dropout_rate, name="pos_drop", dtype=dtype)
+        common.add_vit_embedding(
+            ns, name, stem, REFINER_STEM_FILTERS, embed_dim, patch_size, dropout_rate, dtype
+        )
         rates = common.drop_path_rates(drop_path_rate, depth)
         ns.blocks = [
             RefinerBlock(
