@@ -1,4 +1,4 @@
-"""Every registered variant equals our own PyTorch reference (tests/torch_reference.py,
+"""Every registered variant equals our own PyTorch reference (keras_deepvit/testing/torch_reference.py,
 written from the published architectures with the official key names) after
 `load_torch_state_dict`: random weights and random BatchNorm statistics, eval mode.
 
@@ -15,7 +15,7 @@ from helpers import rel_l2, to_numpy
 from keras_deepvit.weights import keras_to_torch_state_dict, load_torch_state_dict
 
 torch = pytest.importorskip("torch")
-import torch_reference as ref  # noqa: E402
+from keras_deepvit.testing import torch_reference as ref  # noqa: E402
 
 BASE_VARIANTS = [n for n in keras_deepvit.list_models() if not n.endswith(("_384", "_448"))]
 #: The official tolerance: float32 noise grows with depth (fp32 vs fp64 reaches 6.7e-6

@@ -1,4 +1,4 @@
-"""Checks that ``tests/torch_reference.py`` reproduces the official PyTorch models.
+"""Checks that ``keras_deepvit/testing/torch_reference.py`` reproduces the official PyTorch models.
 
 The fixtures in ``shared/reference`` were made with the official DeepViT,
 Refiner-ViT and PiT code (see its README). Here the plain-torch reference
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import os
-import sys
+
 from pathlib import Path
 
 import numpy as np
@@ -26,12 +26,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-try:  # tests/ as a package
-    from . import torch_reference as ref
-except ImportError:  # rootdir-relative or importlib import modes
-    if str(Path(__file__).resolve().parent) not in sys.path:
-        sys.path.insert(0, str(Path(__file__).resolve().parent))
-    import torch_reference as ref
+from keras_deepvit.testing import torch_reference as ref  # noqa: E402
 
 REFERENCE_DIR = Path(os.environ.get(
     "KERAS_DEEPVIT_REFERENCE_DIR",
