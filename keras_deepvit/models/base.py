@@ -18,9 +18,16 @@ class VisionTransformerFamily(keras.Model):
     then call `_finish_init`, which traces the graph with the static
     `trace(layers, inputs, ...)` and afterwards copies the layers onto the model.
     `attention_model()` traces a twin with `return_attention_maps=True`.
+
+    Every family constructor also takes `weights=`: None, or a checkpoint path
+    (PyTorch, safetensors, `.keras`, `.weights.h5`; see `create_model`).
+    "imagenet" needs a registered name: `create_model(name, weights="imagenet")`.
     """
 
     def _finish_init(self, inputs, layers, config, name, **kwargs):
+        # `weights` is applied after building and, as in keras.applications, is
+        # not part of the config: a saved model carries its weights itself.
+        weights = kwargs.pop("weights", None)
         if getattr(_ATTENTION_TWIN, "active", False):
             # Keras checks a functional graph's connectivity with the number of outputs
             # of each layer's *first* call, so layers first called without maps cannot
@@ -33,6 +40,10 @@ class VisionTransformerFamily(keras.Model):
             setattr(self, key, value)
         self._model_input = inputs
         self._arch_config = dict(config)
+        if weights is not None:
+            from keras_deepvit.weights.loading import load_weights
+
+            load_weights(self, weights)
 
     @staticmethod
     def trace(layers, inputs, return_attention_maps=False):

@@ -1,8 +1,7 @@
 """`create_model` and `list_models` over the variant table, plus weight loading."""
 
-import os
-
 from keras_deepvit.models.variants import VARIANTS
+from keras_deepvit.weights.loading import load_weights
 
 
 def list_models(family=None):
@@ -42,10 +41,15 @@ def create_model(name, /, weights=None, input_shape=None, **kwargs):
     Args:
         name: a name from `list_models()`, e.g. "deepvit_s" or "pit_b_distilled"
             (positional: a `name=` keyword names the Keras model instead).
-        weights: None (random initialisation) or the path of a Keras
-            `.weights.h5` file saved from the same configuration. (Pretrained
-            "imagenet" weights and PyTorch checkpoints arrive with the weights
-            issue; asking for them now raises a ValueError saying so.)
+        weights: None (random initialisation); "imagenet" (the official
+            checkpoint, downloaded once and converted; see
+            `keras_deepvit.weights.PRETRAINED`); or a path: a PyTorch checkpoint
+            (`.pth`, `.pth.tar`, `.bin`; official, timm or train-script layout),
+            a `.safetensors` file, a Keras `.keras` model, or a `.weights.h5`
+            file saved from the same configuration. Checkpoints and `.keras`
+            files adapt to the model: position embeddings are resampled to
+            `input_shape`, and with other `classes` (or `include_top=False`)
+            everything but the classifier head(s) is loaded.
         input_shape: (height, width, 3); defaults to the variant's size.
         **kwargs: any family model argument (`include_top`, `pooling`,
             `classes`, `classifier_activation`, `include_preprocessing`,
@@ -67,27 +71,5 @@ def create_model(name, /, weights=None, input_shape=None, **kwargs):
     arch.update(kwargs)
     arch.setdefault("name", name)
     model = info["family"](input_shape=input_shape or (size, size, 3), **arch)
-    load_weights(model, weights)
-    return model
-
-
-def load_weights(model, weights):
-    """Applies the `weights` argument of the constructors to a built model."""
-    if weights is None:
-        return model
-    if weights == "imagenet":
-        raise ValueError(
-            "weights='imagenet' is not available yet: porting the official checkpoints is "
-            "the pretrained-weights work item. Use weights=None, or a .weights.h5 file "
-            "saved from a model of the same configuration."
-        )
-    path = os.fspath(weights)
-    if not os.path.exists(path):
-        raise ValueError(f"weights file not found: {path!r}.")
-    if not path.endswith(".weights.h5"):
-        raise ValueError(
-            f"Unsupported weights file {path!r}: expected a Keras '.weights.h5' file "
-            "(PyTorch checkpoints go through keras_deepvit.weights.load_torch_state_dict)."
-        )
-    model.load_weights(path)
+    load_weights(model, weights, variant=name)
     return model

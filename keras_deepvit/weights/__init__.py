@@ -1,5 +1,16 @@
-"""Weights: PyTorch name mapping and loading (checkpoint reading comes with the weights issue)."""
+"""Weights: read PyTorch/safetensors checkpoints without torch, map them onto our models,
+resample position embeddings, and fetch the official ImageNet checkpoints."""
 
+from keras_deepvit.weights.checkpoint import extract_state_dict, normalize_state_dict
+from keras_deepvit.weights.identify import architecture_of, describe, looks_like
+from keras_deepvit.weights.loading import (
+    load_checkpoint,
+    load_state_dict_into,
+    load_weights,
+    read_state_dict,
+)
+from keras_deepvit.weights.pretrained import PRETRAINED, pretrained_info
+from keras_deepvit.weights.resample import resample_map_embedding, resample_token_embedding
 from keras_deepvit.weights.state_dict import (
     keras_to_torch_state_dict,
     load_torch_state_dict,
@@ -7,4 +18,22 @@ from keras_deepvit.weights.state_dict import (
 )
 from keras_deepvit.weights.torch_layout import torch_layout
 
-__all__ = ["keras_to_torch_state_dict", "load_torch_state_dict", "normalize_keys", "torch_layout"]
+__all__ = [
+    "PRETRAINED",
+    "architecture_of",
+    "describe",
+    "extract_state_dict",
+    "keras_to_torch_state_dict",
+    "load_checkpoint",
+    "load_state_dict_into",
+    "load_torch_state_dict",
+    "load_weights",
+    "looks_like",
+    "normalize_keys",
+    "normalize_state_dict",
+    "pretrained_info",
+    "read_state_dict",
+    "resample_map_embedding",
+    "resample_token_embedding",
+    "torch_layout",
+]

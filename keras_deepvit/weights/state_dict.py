@@ -1,29 +1,15 @@
 """Load official (or timm) PyTorch parameters, as numpy arrays, into our models."""
 
-import re
-
 import keras
 import numpy as np
 
+from keras_deepvit.weights.checkpoint import normalize_state_dict
 from keras_deepvit.weights.torch_layout import IGNORED_SUFFIXES, torch_layout
 
-_TIMM_PIT_POOL = re.compile(r"^transformers\.(\d+)\.pool\.(.*)$")
 _SHOWN = 8
 
-
-def normalize_keys(state_dict):
-    """Official key names from official or timm naming (timm PiT pooling keys).
-
-    timm stores PiT's pooling between stages i and i+1 as `transformers.{i+1}.pool`;
-    the official code calls it `pools.{i}`.
-    """
-    normalized = {}
-    for key, value in state_dict.items():
-        match = _TIMM_PIT_POOL.match(key)
-        if match:
-            key = f"pools.{int(match.group(1)) - 1}.{match.group(2)}"
-        normalized[key] = value
-    return normalized
+#: Kept for backward compatibility: `normalize_state_dict` under its first name.
+normalize_keys = normalize_state_dict
 
 
 def _as_numpy(value, key):
@@ -71,7 +57,7 @@ def load_torch_state_dict(model, state_dict, skip=()):
     >>> len(load_torch_state_dict(model, sd)) == len(sd)
     True
     """
-    state = normalize_keys(dict(state_dict))
+    state = normalize_state_dict(dict(state_dict))
     skip = tuple(skip)
 
     def skipped(key):

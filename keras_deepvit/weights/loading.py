@@ -1,0 +1,221 @@
+"""The `weights=` argument: Keras files, PyTorch/safetensors checkpoints, "imagenet".
+
+Every checkpoint goes the same way: read it without torch, find and normalise
+its state dict, fit it to the model (position embeddings resampled to the
+model's patch grid, classifier heads left out when the model has other classes
+or none), then load it all-or-nothing with `load_torch_state_dict`.
+"""
+
+import logging
+import os
+import warnings
+
+import keras
+
+from keras_deepvit.weights.checkpoint import extract_state_dict, normalize_state_dict
+from keras_deepvit.weights.identify import describe
+from keras_deepvit.weights.resample import (
+    resample_map_embedding,
+    resample_token_embedding,
+)
+from keras_deepvit.weights.state_dict import keras_to_torch_state_dict, load_torch_state_dict
+
+logger = logging.getLogger(__name__)
+
+HEAD_KEYS = ("head", "head_dist", "aux_head")
+KERAS_SUFFIXES = (".weights.h5", ".keras")
+
+
+def _is_pit(model):
+    return hasattr(model, "stages")
+
+
+def _fit_position_embedding(model, state_dict, source_grid):
+    """Resamples the checkpoint's `pos_embed` to the model's patch grid when they differ."""
+    given = state_dict.get("pos_embed")
+    if given is None or not hasattr(model, "pos_embed"):
+        return state_dict
+    target = tuple(model.pos_embed.embedding.shape)
+    if _is_pit(model):
+        wanted = (target[0], target[3], target[1], target[2])  # PyTorch (1, C, H, W)
+        if given.ndim != 4 or given.shape == wanted or given.shape[1] != wanted[1]:
+            return state_dict  # equal, or a real mismatch the strict loader reports
+        resized = resample_map_embedding(given, wanted[2:])
+    else:
+        if given.ndim != 3 or given.shape == target or given.shape[2] != target[2]:
+            return state_dict
+        image = model._arch_config["input_shape"]
+        grid = model.patch_embed.compute_output_shape((1,) + tuple(image))[1:3]
+        resized = resample_token_embedding(given, grid, num_prefix_tokens=1, source_grid=source_grid)
+    logger.info("Resampled pos_embed %s -> %s (bicubic).", given.shape, resized.shape)
+    return dict(state_dict, pos_embed=resized)
+
+
+def _heads_to_skip(model, state_dict):
+    """The classifier heads to leave out, and why (None when all fit)."""
+    in_checkpoint = [k for k in HEAD_KEYS if f"{k}.weight" in state_dict]
+    if not in_checkpoint:
+        return (), None
+    if not model._arch_config.get("include_top", True):
+        return HEAD_KEYS, "include_top=False"
+    classes = model._arch_config.get("classes")
+    given = state_dict[f"{in_checkpoint[0]}.weight"].shape[0]
+    if classes != given:
+        return HEAD_KEYS, f"classes={classes} differs from the checkpoint's {given}"
+    return (), None
+
+
+def load_state_dict_into(model, state_dict, source="state dict", source_grid=None):
+    """Loads an official-layout state dict into `model`, adapting size and head.
+
+    Position embeddings are resampled to the model's input size; when the model
+    has no top or another number of classes, everything but the classifier
+    head(s) is loaded and one log line says so. Anything else that does not fit
+    raises a ValueError naming the keys and the registered model the
+    checkpoint looks like; nothing is loaded then.
+
+    Args:
+        model: a `DeepViT`, `RefinerViT` or `PiT`.
+        state_dict: parameter name -> numpy array, official or timm names.
+        source: name used in messages (a file path).
+        source_grid: `(rows, cols)` of a non-square DeepViT/Refiner checkpoint's
+            patch grid, needed only to resample it.
+
+    Returns:
+        The list of official keys loaded.
+    """
+    state_dict = normalize_state_dict(state_dict)
+    state_dict = _fit_position_embedding(model, state_dict, source_grid)
+    skip, reason = _heads_to_skip(model, state_dict)
+    try:
+        loaded = load_torch_state_dict(model, state_dict, skip=skip)
+    except ValueError as error:
+        raise ValueError(f"{source}: {error} {describe(state_dict)}") from None
+    if reason:
+        logger.warning(
+            "%s: %s, so the classifier head(s) were not loaded; everything else was (%d tensors).",
+            source, reason, len(loaded),
+        )
+    return loaded
+
+
+def read_state_dict(path, prefer_ema=True):
+    """The normalised state dict of a PyTorch or safetensors checkpoint file, without torch.
+
+    Weights stored under a global the reader does not rebuild (anything but
+    tensors and plain containers) are refused; such objects elsewhere in the
+    file (e.g. timm's `args` Namespace) are skipped with one warning.
+
+    Returns:
+        `(state_dict, description)`, the description naming the format and the
+        container the weights came from.
+    """
+    from keras_deepvit.weights.checkpoint_reader import find_placeholders, read_checkpoint
+
+    checkpoint = read_checkpoint(path)
+    state_dict, location = extract_state_dict(checkpoint.content, prefer_ema, source=path)
+    inside = find_placeholders(state_dict)
+    if inside:
+        where, name = inside[0]
+        raise ValueError(
+            f"{path}: the weights contain a pickled {name!r} object (at {where!r}); only "
+            "tensors and plain containers are read from checkpoints, no code is run. "
+            "Re-save the state dict with plain tensors (torch.save(model.state_dict(), ...))."
+        )
+    if checkpoint.placeholders:
+        warnings.warn(
+            f"{path}: ignored pickled objects outside the weights ({', '.join(checkpoint.placeholders)}); "
+            "they were not imported or run.",
+            stacklevel=3,
+        )
+    description = checkpoint.format + (f", weights from {location!r}" if location else "")
+    return normalize_state_dict(state_dict), description
+
+
+def load_checkpoint(model, path, prefer_ema=True, source_grid=None):
+    """Loads a PyTorch (`.pth`, `.pth.tar`, `.bin`, zip or legacy) or `.safetensors` file.
+
+    Args:
+        model: a `DeepViT`, `RefinerViT` or `PiT`.
+        path: the checkpoint file (official, timm or train-script layout).
+        prefer_ema: use EMA weights when the checkpoint has both.
+        source_grid: see `load_state_dict_into`.
+
+    Returns:
+        A description of what was loaded (format and container).
+
+    Example:
+    >>> import os, tempfile, keras_deepvit
+    >>> from safetensors.numpy import save_file
+    >>> from keras_deepvit.weights import keras_to_torch_state_dict
+    >>> donor = keras_deepvit.create_model("pit_ti", input_shape=(64, 64, 3))
+    >>> path = os.path.join(tempfile.mkdtemp(), "pit_ti.safetensors")
+    >>> save_file(keras_to_torch_state_dict(donor), path)
+    >>> model = keras_deepvit.create_model("pit_ti", weights=path, input_shape=(96, 64, 3))
+    >>> model.output_shape
+    (None, 1000)
+    """
+    state_dict, description = read_state_dict(path, prefer_ema)
+    load_state_dict_into(model, state_dict, source=path, source_grid=source_grid)
+    return description
+
+
+def _load_keras_file(model, path):
+    if path.endswith(".keras"):
+        saved = keras.saving.load_model(path, compile=False)
+        if not hasattr(saved, "_arch_config"):
+            raise ValueError(f"{path}: not a keras_deepvit model ({type(saved).__name__}).")
+        load_state_dict_into(model, keras_to_torch_state_dict(saved), source=path)
+        return
+    before = model.get_weights()
+    try:
+        model.load_weights(path)
+    except Exception as error:  # noqa: BLE001 - Keras raises assorted types for a misfit file
+        model.set_weights(before)  # Keras may have assigned some layers before failing
+        raise ValueError(
+            f"{path}: could not load these Keras weights into {model.name!r} ({error}). A "
+            ".weights.h5 file only fits a model of the same configuration (input size, "
+            "classes, include_top); to adapt, save the full model as .keras or use a "
+            "PyTorch/safetensors checkpoint."
+        ) from None
+
+
+def load_weights(model, weights, variant=None, prefer_ema=True):
+    """Applies a constructor's `weights` argument to a built model.
+
+    Args:
+        model: a `DeepViT`, `RefinerViT` or `PiT`.
+        weights: None, "imagenet", or a path: Keras `.weights.h5` (same
+            configuration) or `.keras` (any input size/classes), or a PyTorch
+            (`.pth`, `.pth.tar`, `.pt`, `.bin`) / `.safetensors` checkpoint.
+        variant: the registered name, needed for "imagenet".
+        prefer_ema: for checkpoints with both raw and EMA weights.
+
+    Returns:
+        The model.
+    """
+    if weights is None:
+        return model
+    if isinstance(weights, str) and weights == "imagenet":
+        if variant is None:
+            raise ValueError(
+                "weights='imagenet' needs a registered model: use "
+                "keras_deepvit.create_model(name, weights='imagenet') or a named constructor."
+            )
+        from keras_deepvit.weights.imagenet_weights import load_imagenet_weights
+
+        load_imagenet_weights(model, variant)
+        return model
+    try:
+        path = os.fspath(weights)
+    except TypeError:
+        raise ValueError(
+            f"weights must be None, 'imagenet' or a file path, got {type(weights).__name__}."
+        ) from None
+    if not os.path.isfile(path):
+        raise ValueError(f"weights file not found: {path!r}.")
+    if path.endswith(KERAS_SUFFIXES):
+        _load_keras_file(model, path)
+    else:
+        load_checkpoint(model, path, prefer_ema=prefer_ema)
+    return model
