@@ -10,6 +10,7 @@ probabilities on the active Keras backend.
 import keras
 import numpy as np
 
+from keras_deepvit.imagenet import decode_predictions, imagenet_classes
 from keras_deepvit.models.registry import create_model, variant_info
 
 #: The scikit-image sample photos the demo classifies, in order.
@@ -90,7 +91,8 @@ def classify_sample_images(model_name="pit_ti", image_size=None, top=3, seed=0):
     Returns:
         A dict with `model` (name), `image_size`, `backend`, `params` (official
         parameter count) and `predictions`: a list of `(image name, [(class index,
-        probability), ...])`, highest probability first.
+        class name, probability), ...])`, highest probability first; the names are
+        the ImageNet-1k ones of `keras_deepvit.decode_predictions`.
 
     Example:
     >>> result = classify_sample_images("pit_ti", image_size=64)
@@ -112,10 +114,10 @@ def classify_sample_images(model_name="pit_ti", image_size=None, top=3, seed=0):
     # times faster than an eager call, op by op.
     probabilities = model.predict(batch, batch_size=len(batch), verbose=0)
 
+    index_of = {synset: index for index, (synset, _) in enumerate(imagenet_classes())}
     predictions = []
-    for name, row in zip(images, probabilities):
-        best = np.argsort(-row, kind="stable")[:top]
-        predictions.append((name, [(int(i), float(row[i])) for i in best]))
+    for name, best in zip(images, decode_predictions(probabilities, top=top)):
+        predictions.append((name, [(index_of[synset], label, prob) for synset, label, prob in best]))
     return {
         "model": model_name,
         "image_size": size,
@@ -130,10 +132,10 @@ def format_report(result):
 
     Example:
     >>> result = {"model": "pit_ti", "image_size": 224, "backend": "jax", "params": 4847272,
-    ...           "predictions": [("chelsea", [(281, 0.0021), (7, 0.0019)])]}
+    ...           "predictions": [("chelsea", [(281, "tabby", 0.0021), (7, "cock", 0.0019)])]}
     >>> print("\\n".join(format_report(result)))  # doctest: +NORMALIZE_WHITESPACE
     pit_ti (4,847,272 parameters), 224x224 input, Keras backend: jax
-    chelsea     #281 0.0021   #7 0.0019
+    chelsea     #281 tabby 0.0021   #7 cock 0.0019
     Note: the weights are randomly initialised until pretrained weights land, so these predictions are not meaningful.
     """
     lines = [
@@ -142,7 +144,7 @@ def format_report(result):
     ]
     width = max(len(name) for name, _ in result["predictions"]) + 2
     for name, best in result["predictions"]:
-        classes = "   ".join(f"#{index:<3d} {prob:.4f}" for index, prob in best)
+        classes = "   ".join(f"#{index:<3d} {label} {prob:.4f}" for index, label, prob in best)
         lines.append(f"{name:<{width}}  {classes}")
     lines.append(RANDOM_WEIGHTS_NOTE)
     return lines
