@@ -1,7 +1,8 @@
-"""The `keras-deepvit` command: list the registered models, run the offline demo.
+"""The `keras-deepvit` command: list the registered models, convert checkpoints, run the demo.
 
 Usage:
     keras-deepvit list [--family {deepvit,refiner,pit}]
+    keras-deepvit convert CHECKPOINT --model NAME -o OUT.weights.h5
     KERAS_BACKEND=jax keras-deepvit demo [--model pit_ti] [--image-size 224]
 
 The backend is whatever Keras picks (`KERAS_BACKEND`, then `~/.keras/keras.json`);
@@ -50,6 +51,17 @@ def _demo(args):
     return 0
 
 
+def _convert(args):
+    from keras_deepvit import convert
+
+    input_shape = (args.input_size[0], args.input_size[1], 3) if args.input_size else None
+    report = convert.convert_checkpoint(
+        args.checkpoint, args.model, args.output, prefer_ema=not args.no_ema, input_shape=input_shape
+    )
+    print("\n".join(convert.format_report(report)))
+    return 0
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="keras-deepvit",
@@ -74,6 +86,24 @@ def build_parser():
     )
     demo.add_argument("--seed", type=int, default=0, help="random seed of the weights (default: 0)")
     demo.set_defaults(run=_demo)
+
+    convert = commands.add_parser(
+        "convert", help="convert a PyTorch/safetensors checkpoint to a Keras .weights.h5 file"
+    )
+    convert.add_argument("checkpoint", help=".pth, .pth.tar, .bin or .safetensors file (no torch needed)")
+    convert.add_argument(
+        "--model", required=True, choices=list_models(), metavar="NAME",
+        help="the registered model the checkpoint belongs to (see `keras-deepvit list`)",
+    )
+    convert.add_argument("-o", "--output", required=True, help="output path ending in .weights.h5")
+    convert.add_argument(
+        "--input-size", type=int, nargs=2, metavar=("HEIGHT", "WIDTH"),
+        help="build at this input size (position embeddings are resampled)",
+    )
+    convert.add_argument(
+        "--no-ema", action="store_true", help="use the raw weights of a checkpoint that also has EMA ones"
+    )
+    convert.set_defaults(run=_convert)
     return parser
 
 
@@ -85,7 +115,7 @@ def main(argv=None):
         parser.error(f"--image-size must be a positive int, got {args.image_size}.")
     try:
         return args.run(args)
-    except (ValueError, ImportError) as error:
+    except (ValueError, ImportError, OSError) as error:
         # Invalid combinations (e.g. an image smaller than one patch) and missing
         # optional packages: show the library's message, not a traceback.
         parser.exit(2, f"keras-deepvit {args.command}: error: {error}\n")

@@ -61,6 +61,21 @@ def manual_command(variant, filename, converted_path):
     return f"keras-deepvit convert {filename} --model {variant} -o {converted_path}"
 
 
+def looks_like_checkpoint(path):
+    """Cheap check of a download's first bytes: a zip or pickle `.pth`, or safetensors.
+
+    A full parse follows at conversion; this only rejects what is certainly no
+    checkpoint (an error page, a quota notice) before it enters the cache.
+    """
+    with open(path, "rb") as handle:
+        head = handle.read(16)
+    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
+        return
+    if len(head) >= 9 and head[8:9] == b"{":  # safetensors: 8-byte header size, JSON header
+        return
+    raise ValueError(f"not a PyTorch or safetensors checkpoint (starts with {head[:12]!r})")
+
+
 def fetch_checkpoint(variant, cache_dir=None):
     """The local path of the variant's official checkpoint, downloaded if needed."""
     entry = pretrained_info(variant)
@@ -71,6 +86,7 @@ def fetch_checkpoint(variant, cache_dir=None):
             return download.fetch(
                 source.filename, [source.url], sha256=source.sha256, cache_dir=cache_dir,
                 manual_hint=manual_command(variant, source.filename, converted),
+                validate=looks_like_checkpoint,
             )
         except download.WeightsDownloadError as error:
             errors.append(str(error))
