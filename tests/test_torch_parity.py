@@ -1,6 +1,8 @@
-"""Every registered variant equals our own PyTorch reference (keras_deepvit/testing/torch_reference.py,
-written from the published architectures with the official key names) after
-`load_torch_state_dict`: random weights and random BatchNorm statistics, eval mode.
+"""Every registered variant equals our own PyTorch reference
+(keras_deepvit/testing/torch_reference.py, written from the published
+architectures with the official key names), its state dict saved with
+`torch.save` and loaded through `weights=PATH` (read without torch): random
+weights and random BatchNorm statistics, eval mode.
 
 Small configs: every variant at its real width and depth on a small image
 (resolution variants share their base model's architecture and are covered by
@@ -40,7 +42,7 @@ def tolerance(model):
     return DEEP_RTOL if depth >= 24 else RTOL
 
 
-def compare(name, size, batch, seed):
+def compare(name, size, batch, seed, directory):
     config = reference_config(name)
     config.update(img_size=size, num_classes=10)
     torch_model = ref.randomize_(ref.build_reference(config), seed=seed).eval()
@@ -50,11 +52,13 @@ def compare(name, size, batch, seed):
         float32 = torch_model(torch.from_numpy(images.transpose(0, 3, 1, 2))).numpy()
         expected = torch_model.double()(torch.from_numpy(images.transpose(0, 3, 1, 2)).double()).numpy()
 
+    # Through a real checkpoint file, read without torch: `weights=PATH`.
+    path = directory / f"{name}.pth"
+    torch.save(torch_model.state_dict(), path)
     model = keras_deepvit.create_model(
-        name, input_shape=(size, size, 3), classes=10, classifier_activation=None,
+        name, weights=path, input_shape=(size, size, 3), classes=10, classifier_activation=None,
         include_preprocessing=False,
     )
-    load_torch_state_dict(model, state)
     actual = to_numpy(model(images, training=False))
     error = rel_l2(actual, expected)
     assert error <= tolerance(model), (
@@ -65,8 +69,9 @@ def compare(name, size, batch, seed):
 
 
 @pytest.mark.parametrize("name", BASE_VARIANTS)
-def test_small_config_parity(name):
-    model, state = compare(name, size=32 if not name.startswith("pit") else 48, batch=2, seed=7)
+def test_small_config_parity(name, tmp_path):
+    model, state = compare(name, size=32 if not name.startswith("pit") else 48, batch=2, seed=7,
+                           directory=tmp_path)
     # The inverse mapping gives the official state dict back, key for key.
     exported = keras_to_torch_state_dict(model)
     expected_keys = [k for k in state if not k.endswith("num_batches_tracked")]
@@ -76,8 +81,8 @@ def test_small_config_parity(name):
 
 
 @pytest.mark.parametrize("name", ["deepvit_s", "refiner_s", "pit_s_distilled"])
-def test_full_size_parity(name):
-    compare(name, size=224, batch=2, seed=11)
+def test_full_size_parity(name, tmp_path):
+    compare(name, size=224, batch=2, seed=11, directory=tmp_path)
 
 
 def test_params_match_official_manifests():
