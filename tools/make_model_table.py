@@ -1,4 +1,4 @@
-"""Print the README's model table (markdown) from the variant registry.
+"""Print the README's model and pretrained-weights tables (markdown) from the registries.
 
     python tools/make_model_table.py                   # print the table
     python tools/make_model_table.py --update README.md  # rewrite it in place
@@ -26,6 +26,7 @@ from keras_deepvit.models import CONSTRUCTORS  # noqa: E402
 from keras_deepvit.models.variants import VARIANTS  # noqa: E402
 
 START, END = "<!-- model-table:start -->", "<!-- model-table:end -->"
+WEIGHTS_START, WEIGHTS_END = "<!-- weights-table:start -->", "<!-- weights-table:end -->"
 
 
 def own_constructors():
@@ -74,13 +75,40 @@ def model_table():
     return "\n".join(lines)
 
 
+def weights_table():
+    """The markdown table of the official checkpoints behind `weights="imagenet"`."""
+    from keras_deepvit.weights.pretrained import PRETRAINED
+
+    lines = [
+        "| Name | Reported top-1 | Input, crop, interpolation | Mean / std | Origins (tried in order) |",
+        "|---|---:|---|---|---|",
+    ]
+    for name, entry in PRETRAINED.items():
+        top1 = f"{entry.top1}" + (f" (timm: {entry.top1_timm})" if entry.top1_timm else "")
+        norm = "ImageNet" if entry.mean[0] == 0.485 else "0.5 / 0.5"
+        hosts = ", ".join(
+            "Hugging Face (timm)" if "huggingface" in s.url else "Google Drive" for s in entry.sources
+        )
+        lines.append(
+            f"| `{name}` | {top1} | {entry.input_size}, {entry.crop_pct}, {entry.interpolation} "
+            f"| {norm} | {hosts} |"
+        )
+    return "\n".join(lines)
+
+
+def replace_between(text, start, end, table, path):
+    if start not in text or end not in text:
+        raise SystemExit(f"{path}: markers {start} / {end} not found.")
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    return f"{head}{start}\n{table}\n{end}{tail}"
+
+
 def update(path, table):
     text = Path(path).read_text()
-    if START not in text or END not in text:
-        raise SystemExit(f"{path}: markers {START} / {END} not found.")
-    head, rest = text.split(START, 1)
-    _, tail = rest.split(END, 1)
-    Path(path).write_text(f"{head}{START}\n{table}\n{END}{tail}")
+    text = replace_between(text, START, END, table, path)
+    text = replace_between(text, WEIGHTS_START, WEIGHTS_END, weights_table(), path)
+    Path(path).write_text(text)
 
 
 def main(argv=None):
@@ -92,6 +120,8 @@ def main(argv=None):
         update(args.update, table)
     else:
         print(table)
+        print()
+        print(weights_table())
     return 0
 
 
