@@ -16,6 +16,14 @@ A test typically builds a reference model, calls :func:`randomize_`, hands
 Only what eval-mode inference needs is implemented: there is no dropout,
 drop-path or Refiner token mixing, and ``forward`` behaves the same in train
 and eval mode except for BatchNorm.
+
+``fused_attention=True`` (DeepViT and PiT) computes plain attention -- blocks
+without re-attention, every PiT block -- with
+``torch.nn.functional.scaled_dot_product_attention`` instead of the official
+explicit ``softmax(q k^T) v``: the same function up to float32 rounding, and
+PyTorch's fused kernel (flash / memory-efficient attention where available).
+The default, False, is the official code's numerics; the benchmark compares
+against both.
 """
 
 from __future__ import annotations
@@ -64,6 +72,11 @@ def _split_heads(t: torch.Tensor, parts: int, num_heads: int) -> torch.Tensor:
     batch, tokens, channels = t.shape
     head_dim = channels // (parts * num_heads)
     return t.reshape(batch, tokens, parts, num_heads, head_dim).permute(2, 0, 3, 1, 4)
+
+
+def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+    """Fused ``softmax(q k^T * scale) v`` on (B, heads, N, head_dim) tensors."""
+    return F.scaled_dot_product_attention(q, k, v, scale=scale)
 
 
 def _merge_heads(t: torch.Tensor) -> torch.Tensor:
@@ -145,11 +158,12 @@ class ReAttention(nn.Module):
     """
 
     def __init__(self, dim: int, num_heads: int, apply_transform: bool,
-                 transform_scale: bool):
+                 transform_scale: bool, fused_attention: bool = False):
         super().__init__()
         self.num_heads = num_heads
         self.scale = (dim // num_heads) ** -0.5
         self.apply_transform = apply_transform
+        self.fused_attention = fused_attention and not apply_transform
         if apply_transform:
             # Registered before qkv to reproduce the official key order.
             self.reatten_matrix = nn.Conv2d(num_heads, num_heads, 1)
@@ -158,8 +172,11 @@ class ReAttention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Output and the maps that multiplied ``v`` (None on the fused path)."""
         q, k, v = _split_heads(self.qkv(x), 3, self.num_heads)
+        if self.fused_attention:
+            return self.proj(_merge_heads(_sdpa(q, k, v, self.scale))), None
         attn = ((q @ k.transpose(-2, -1)) * self.scale).softmax(dim=-1)
         if self.apply_transform:
             attn = self.var_norm(self.reatten_matrix(attn)) * self.reatten_scale
@@ -170,11 +187,11 @@ class DeepViTBlock(nn.Module):
     """Pre-norm block whose residual branches see ``x * a`` and are divided by ``a``."""
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float, apply_transform: bool,
-                 transform_scale: bool, adjust_ratio: float):
+                 transform_scale: bool, adjust_ratio: float, fused_attention: bool = False):
         super().__init__()
         self.adjust_ratio = adjust_ratio
         self.norm1 = nn.LayerNorm(dim, eps=LN_EPS)
-        self.attn = ReAttention(dim, num_heads, apply_transform, transform_scale)
+        self.attn = ReAttention(dim, num_heads, apply_transform, transform_scale, fused_attention)
         self.norm2 = nn.LayerNorm(dim, eps=LN_EPS)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
@@ -193,7 +210,7 @@ class DeepViTReference(_TokenViT):
                  depth: Optional[int] = None, num_heads: int = 12, mlp_ratio: float = 3,
                  apply_transform: Sequence[bool] = (), use_cnn_embed: bool = False,
                  transform_scale: bool = False, scale_adjustment: float = 1.0,
-                 num_classes: int = 1000):
+                 num_classes: int = 1000, fused_attention: bool = False):
         super().__init__()
         apply_transform = [bool(t) for t in apply_transform]
         if depth is None:
@@ -204,7 +221,8 @@ class DeepViTReference(_TokenViT):
                 else PlainPatchEmbed(patch_size, embed_dim))
         self._init_embeddings(img_size, patch_size, embed_dim, stem)
         self.blocks = nn.ModuleList(
-            DeepViTBlock(embed_dim, num_heads, mlp_ratio, t, transform_scale, scale_adjustment)
+            DeepViTBlock(embed_dim, num_heads, mlp_ratio, t, transform_scale, scale_adjustment,
+                         fused_attention)
             for t in apply_transform)
         self.norm = nn.LayerNorm(embed_dim, eps=LN_EPS)
         self.head = nn.Linear(embed_dim, num_classes)
@@ -401,15 +419,18 @@ class RefinerReference(_TokenViT):
 class PiTAttention(nn.Module):
     """Plain multi-head self-attention (timm ``Attention``, explicit softmax path)."""
 
-    def __init__(self, dim: int, num_heads: int):
+    def __init__(self, dim: int, num_heads: int, fused_attention: bool = False):
         super().__init__()
         self.num_heads = num_heads
         self.scale = (dim // num_heads) ** -0.5
+        self.fused_attention = fused_attention
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         q, k, v = _split_heads(self.qkv(x), 3, self.num_heads)
+        if self.fused_attention:
+            return self.proj(_merge_heads(_sdpa(q, k, v, self.scale)))
         attn = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
         return self.proj(_merge_heads(attn @ v))
 
@@ -417,10 +438,11 @@ class PiTAttention(nn.Module):
 class PiTBlock(nn.Module):
     """timm pre-norm ViT block."""
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float):
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float,
+                 fused_attention: bool = False):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=LN_EPS)
-        self.attn = PiTAttention(dim, num_heads)
+        self.attn = PiTAttention(dim, num_heads, fused_attention)
         self.norm2 = nn.LayerNorm(dim, eps=LN_EPS)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
@@ -448,11 +470,12 @@ class PiTStage(nn.Module):
     """
 
     def __init__(self, dim: int, depth: int, num_heads: int, mlp_ratio: float,
-                 pool: Optional[PiTPool] = None):
+                 pool: Optional[PiTPool] = None, fused_attention: bool = False):
         super().__init__()
         if pool is not None:
             self.pool = pool
-        self.blocks = nn.ModuleList(PiTBlock(dim, num_heads, mlp_ratio) for _ in range(depth))
+        self.blocks = nn.ModuleList(PiTBlock(dim, num_heads, mlp_ratio, fused_attention)
+                                    for _ in range(depth))
 
     def forward(self, x: torch.Tensor, cls: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         batch, channels, height, width = x.shape
@@ -476,7 +499,8 @@ class PiTReference(nn.Module):
     def __init__(self, img_size: ImgSize = 224, patch_size: int = 16, stride: int = 8,
                  base_dims: Sequence[int] = (48, 48, 48), depth: Sequence[int] = (2, 6, 4),
                  heads: Sequence[int] = (3, 6, 12), mlp_ratio: float = 4,
-                 distilled: bool = False, num_classes: int = 1000, naming: str = "official"):
+                 distilled: bool = False, num_classes: int = 1000, naming: str = "official",
+                 fused_attention: bool = False):
         super().__init__()
         if naming not in ("official", "timm"):
             raise ValueError(f"naming must be 'official' or 'timm', not {naming!r}")
@@ -498,7 +522,8 @@ class PiTReference(nn.Module):
         timm = naming == "timm"
         self.transformers = nn.ModuleList(
             PiTStage(dims[s], depth[s], heads[s], mlp_ratio,
-                     pool=pools[s - 1] if (timm and s > 0) else None)
+                     pool=pools[s - 1] if (timm and s > 0) else None,
+                     fused_attention=fused_attention)
             for s in range(len(dims)))
         if not timm:
             self.pools = nn.ModuleList(pools)
@@ -610,7 +635,11 @@ _FAMILIES = {"deepvit": DeepViTReference, "refiner": RefinerReference, "pit": Pi
 
 
 def build_reference(config: Union[str, dict], **overrides) -> nn.Module:
-    """Build a reference model from an OFFICIAL_CONFIGS name or a config dict."""
+    """Build a reference model from an OFFICIAL_CONFIGS name or a config dict.
+
+    ``overrides`` replace config entries; ``fused_attention=True`` is accepted
+    by the DeepViT and PiT families (see the module docstring).
+    """
     config = dict(OFFICIAL_CONFIGS[config] if isinstance(config, str) else config)
     config.update(overrides)
     family = config.pop("family")
