@@ -157,8 +157,8 @@ def test_constructors_match_the_registry(constructor):
 def test_create_model_errors():
     with pytest.raises(ValueError, match="Unknown model 'pit_xxl'"):
         keras_deepvit.create_model("pit_xxl")
-    with pytest.raises(ValueError, match="not available yet"):
-        keras_deepvit.create_model("pit_ti", weights="imagenet", input_shape=(64, 64, 3))
+    with pytest.raises(ValueError, match="No ImageNet weights for 'refiner_s'"):
+        keras_deepvit.create_model("refiner_s", weights="imagenet", input_shape=(32, 32, 3))
     with pytest.raises(ValueError, match="weights file not found"):
         keras_deepvit.create_model("pit_ti", weights="/nonexistent.weights.h5", input_shape=(64, 64, 3))
 
