@@ -4,7 +4,12 @@ import keras
 from keras import ops
 
 from keras_deepvit.layers.attention import MultiHeadSelfAttention
-from keras_deepvit.layers.torch_like import torch_batch_norm
+from keras_deepvit.layers.map_ops import mix_channels
+from keras_deepvit.layers.torch_like import (
+    batch_norm_fold,
+    batch_norm_uses_batch_statistics,
+    torch_batch_norm,
+)
 
 
 @keras.saving.register_keras_serializable(package="keras_deepvit")
@@ -64,13 +69,34 @@ class ReAttention(MultiHeadSelfAttention):
     def transform_attention(self, attention, training=None):
         if not self.apply_transform:
             return attention
-        kernel = ops.cast(self.reatten_kernel, attention.dtype)
-        bias = ops.cast(self.reatten_bias, attention.dtype)
-        mixed = ops.einsum("bhqk,gh->bgqk", attention, kernel) + bias[None, :, None, None]
-        mixed = self.var_norm(mixed, training=training)
+        if batch_norm_uses_batch_statistics(self.var_norm, training):
+            mixed = self.mix_heads(attention, self.reatten_kernel, self.reatten_bias)
+            mixed = self.var_norm(mixed, training=training)
+            if self.transform_scale:
+                mixed = mixed * ops.cast(self.scale, mixed.dtype)
+            return mixed
+        # Inference: BatchNorm (moving statistics) and the scale are an affine map
+        # per output head, folded into the mixing matrix and bias from the current
+        # variables: one batched matmul and one bias add over the maps.
+        kernel, bias = self.folded_mix()
+        return self.mix_heads(attention, kernel, bias)
+
+    def folded_mix(self):
+        """`(kernel, bias)`, float32, of the inference re-attention: mix, BatchNorm, scale."""
+        scale, shift = batch_norm_fold(self.var_norm, bias=self.reatten_bias)
         if self.transform_scale:
-            mixed = mixed * ops.cast(self.scale, mixed.dtype)
-        return mixed
+            scale = scale * self.scale
+            shift = shift * self.scale
+        return ops.cast(self.reatten_kernel, "float32") * scale[:, None], shift
+
+    @staticmethod
+    def mix_heads(attention, kernel, bias):
+        """`(batch, heads, q, k)` maps mixed over heads: `sum_h kernel[g, h] maps[h] + bias[g]`.
+
+        `kernel` is `(out_head, in_head)`, the official 1x1 convolution's orientation.
+        """
+        mixed = mix_channels(attention, ops.transpose(kernel))
+        return mixed + ops.cast(bias, attention.dtype)[None, :, None, None]
 
     def get_config(self):
         config = super().get_config()

@@ -4,7 +4,12 @@ import keras
 from keras import ops
 
 from keras_deepvit.layers.attention import MultiHeadSelfAttention
-from keras_deepvit.layers.torch_like import torch_batch_norm
+from keras_deepvit.layers.map_ops import depthwise_conv_channels_first, mix_channels
+from keras_deepvit.layers.torch_like import (
+    batch_norm_fold,
+    batch_norm_uses_batch_statistics,
+    torch_batch_norm,
+)
 
 #: Expansion of the shared blocks' refiner; fixed in the official code (DLA default).
 SHARED_EXPANSION_RATIO = 3
@@ -20,7 +25,14 @@ class DistributedLocalAttention(keras.layers.Layer):
     padding mixes neighbouring entries (BatchNorm, ReLU6), a 1x1 convolution
     projects back to `heads` (BatchNorm), and the input is added. The whole map
     is convolved, the class token's row and column included, as in the official
-    code. 1x1 convolutions are computed as dense layers on the channel axis.
+    code.
+
+    The maps stay in their `(batch, heads, tokens, tokens)` layout throughout
+    (see `keras_deepvit.layers.map_ops`): 1x1 convolutions are batched matmuls
+    over the channel axis and the depthwise convolution runs channels-first. At
+    inference (BatchNorm on moving statistics) the three BatchNorms are folded
+    into the convolutions, from the current variables on every call, and
+    `refine_folded` can fold a following per-head affine map too.
 
     Args:
         expansion_ratio: float; 1 skips the expansion convolution.
@@ -50,34 +62,77 @@ class DistributedLocalAttention(keras.layers.Layer):
         heads = input_shape[1]
         hidden = int(round(heads * self.expansion_ratio))
         self.hidden = hidden
+        # The convolution layers own the weights (and their variable paths); the
+        # computation calls `map_ops` on their kernels.
         channels_last = (None, None, None, heads)
-        hidden_shape = (None, None, None, hidden)
+        hidden_last = (None, None, None, hidden)
         dtype = self.dtype_policy
         self.conv_exp = None
         if self.expansion_ratio != 1:
             self.conv_exp = keras.layers.Dense(hidden, use_bias=False, dtype=dtype, name="conv_exp")
             self.conv_exp.build(channels_last)
-            self.bn1 = torch_batch_norm("bn1", dtype=dtype)
-            self.bn1.build(hidden_shape)
+            self.bn1 = torch_batch_norm("bn1", axis=1, dtype=dtype)
+            self.bn1.build((None, hidden, None, None))
         self.depth_sep_conv = keras.layers.DepthwiseConv2D(
             self.kernel_size, padding="same", use_bias=False, dtype=dtype, name="depth_sep_conv"
         )
-        self.depth_sep_conv.build(hidden_shape)
-        self.bn2 = torch_batch_norm("bn2", dtype=dtype)
-        self.bn2.build(hidden_shape)
+        self.depth_sep_conv.build(hidden_last)
+        self.bn2 = torch_batch_norm("bn2", axis=1, dtype=dtype)
+        self.bn2.build((None, hidden, None, None))
         self.conv_pro = keras.layers.Dense(heads, use_bias=False, dtype=dtype, name="conv_pro")
-        self.conv_pro.build(hidden_shape)
-        self.bn3 = torch_batch_norm("bn3", dtype=dtype)
-        self.bn3.build(channels_last)
+        self.conv_pro.build(hidden_last)
+        self.bn3 = torch_batch_norm("bn3", axis=1, dtype=dtype)
+        self.bn3.build((None, heads, None, None))
+
+    def uses_batch_statistics(self, training):
+        """Whether this call normalises with batch statistics (training a trainable layer)."""
+        return batch_norm_uses_batch_statistics(self.bn2, training)
 
     def call(self, inputs, training=None):
-        x = ops.transpose(inputs, (0, 2, 3, 1))
-        identity = x
+        if not self.uses_batch_statistics(training):
+            return self.refine_folded(inputs)
+        x = inputs
         if self.conv_exp is not None:
-            x = ops.relu6(self.bn1(self.conv_exp(x), training=training))
-        x = ops.relu6(self.bn2(self.depth_sep_conv(x), training=training))
-        x = self.bn3(self.conv_pro(x), training=training) + identity
-        return ops.transpose(x, (0, 3, 1, 2))
+            x = ops.relu6(self.bn1(mix_channels(x, self.conv_exp.kernel), training=training))
+        x = depthwise_conv_channels_first(x, self.depth_sep_conv.kernel)
+        x = ops.relu6(self.bn2(x, training=training))
+        return self.bn3(mix_channels(x, self.conv_pro.kernel), training=training) + inputs
+
+    def refine_folded(self, inputs, output_scale=None, output_shift=None):
+        """Inference refinement (moving statistics), optionally then `y * output_scale + output_shift`.
+
+        Every BatchNorm, and the optional per-head affine map that follows the
+        refiner (Refiner-ViT's `adapt_bn` and attention scale), is folded into
+        the convolution kernels and biases: two batched matmuls, one depthwise
+        convolution and fused bias/ReLU6 adds over the maps.
+
+        Args:
+            inputs: `(batch, heads, tokens, tokens)` maps.
+            output_scale, output_shift: optional float32 `(heads,)` vectors.
+        """
+        dtype = inputs.dtype
+
+        def channel_bias(vector):
+            return ops.cast(vector, dtype)[None, :, None, None]
+
+        x = inputs
+        if self.conv_exp is not None:
+            scale, shift = batch_norm_fold(self.bn1)
+            kernel = ops.cast(self.conv_exp.kernel, "float32") * scale[None, :]
+            x = ops.relu6(mix_channels(x, kernel) + channel_bias(shift))
+        scale, shift = batch_norm_fold(self.bn2)
+        kernel = ops.cast(self.depth_sep_conv.kernel, "float32") * scale[None, None, :, None]
+        x = ops.relu6(depthwise_conv_channels_first(x, kernel) + channel_bias(shift))
+        scale, shift = batch_norm_fold(self.bn3)
+        identity = inputs
+        if output_scale is not None:
+            scale = scale * output_scale
+            shift = shift * output_scale
+            identity = inputs * channel_bias(output_scale)
+        if output_shift is not None:
+            shift = shift + output_shift
+        kernel = ops.cast(self.conv_pro.kernel, "float32") * scale[None, :]
+        return mix_channels(x, kernel) + channel_bias(shift) + identity
 
     def compute_output_shape(self, input_shape):
         return input_shape
@@ -149,10 +204,25 @@ class RefinerAttention(MultiHeadSelfAttention):
         self.adapt_bn = torch_batch_norm("adapt_bn", axis=1, dtype=self.dtype_policy)
         self.adapt_bn.build((None, self.num_heads, None, None))
 
-    def transform_attention(self, attention, training=None):
+    def transform_attention(self, attention, training=None, multiplier=None):
+        """`adapt_bn(DLA(attention))`, times `multiplier` (a Python float) if given.
+
+        At inference the BatchNorm and the multiplier are folded into the refiner.
+        """
         if self.refiner is None:
             return attention
-        return self.adapt_bn(self.refiner(attention, training=training), training=training)
+        uses_batch = self.refiner.uses_batch_statistics(training) or (
+            batch_norm_uses_batch_statistics(self.adapt_bn, training)
+        )
+        if not uses_batch:
+            scale, shift = batch_norm_fold(self.adapt_bn)
+            if multiplier is not None:
+                scale, shift = scale * multiplier, shift * multiplier
+            return self.refiner.refine_folded(attention, output_scale=scale, output_shift=shift)
+        refined = self.adapt_bn(self.refiner(attention, training=training), training=training)
+        if multiplier is not None:
+            refined = refined * ops.cast(multiplier, refined.dtype)
+        return refined
 
     def call(self, inputs, previous_attention=None, return_attention_scores=False, training=None):
         scale = self.scale
@@ -163,8 +233,7 @@ class RefinerAttention(MultiHeadSelfAttention):
                     "block's maps; the first block of a Refiner-ViT must compute attention."
                 )
             (v,) = self.split_heads(self.qkv(inputs), 1)
-            attention = self.transform_attention(previous_attention, training=training)
-            attention = attention * ops.cast(scale, attention.dtype)
+            attention = self.transform_attention(previous_attention, training=training, multiplier=scale)
             next_attention = previous_attention
         else:
             q, k, v = self.split_heads(self.qkv(inputs), 3)

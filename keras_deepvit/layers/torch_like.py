@@ -32,3 +32,38 @@ def torch_batch_norm(name, axis=-1, dtype=None):
 def exact_gelu(x):
     """GELU with the exact erf formulation, as `torch.nn.GELU()`."""
     return ops.gelu(x, approximate=False)
+
+
+def batch_norm_uses_batch_statistics(layer, training):
+    """Whether a BatchNormalization `layer` normalises with batch statistics in
+    this call (Keras' rule: `training` is truthy and the layer is trainable)."""
+    return bool(training) and layer.trainable
+
+
+def batch_norm_fold(layer, bias=None):
+    """Inference-mode BatchNormalization of `x + bias` as `x * scale + shift` (float32 vectors).
+
+    `shift = (bias - moving_mean) * scale + beta`: the bias and the mean are
+    subtracted before scaling, so a tiny variance (a large `scale`) does not turn
+    two large products into a cancellation. Computed from the layer's current
+    variables on every call, so a fold built on it never goes stale after
+    training or weight loading.
+
+    Example:
+    >>> import numpy as np
+    >>> bn = torch_batch_norm("bn"); bn.build((None, 2))
+    >>> scale, shift = batch_norm_fold(bn, bias=np.array([1.0, 2.0], "float32"))
+    >>> np.round(np.asarray(shift), 3).tolist()
+    [1.0, 2.0]
+    """
+    variance = ops.cast(layer.moving_variance, "float32")
+    scale = ops.rsqrt(variance + layer.epsilon)
+    if layer.scale:
+        scale = scale * ops.cast(layer.gamma, "float32")
+    centred = -ops.cast(layer.moving_mean, "float32")
+    if bias is not None:
+        centred = centred + ops.cast(bias, "float32")
+    shift = centred * scale
+    if layer.center:
+        shift = shift + ops.cast(layer.beta, "float32")
+    return scale, shift
