@@ -1,9 +1,10 @@
-"""The `keras-deepvit` command: list the registered models, convert checkpoints, run the demo.
+"""The `keras-deepvit` command: list the models, convert checkpoints, run the demo, benchmark.
 
 Usage:
     keras-deepvit list [--family {deepvit,refiner,pit}]
     keras-deepvit convert CHECKPOINT --model NAME -o OUT.weights.h5
     KERAS_BACKEND=jax keras-deepvit demo [--model pit_ti] [--image-size 224]
+    keras-deepvit benchmark [--models pit_s,deepvit_s,refiner_s] [--backends jax,tensorflow,torch]
 
 The backend is whatever Keras picks (`KERAS_BACKEND`, then `~/.keras/keras.json`);
 the command changes no global setting besides seeding the demo's random weights.
@@ -62,6 +63,12 @@ def _convert(args):
     return 0
 
 
+def _benchmark(args):
+    from keras_deepvit.benchmark import runner
+
+    return runner.run(args)
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="keras-deepvit",
@@ -104,6 +111,15 @@ def build_parser():
         "--no-ema", action="store_true", help="use the raw weights of a checkpoint that also has EMA ones"
     )
     convert.set_defaults(run=_convert)
+
+    from keras_deepvit.benchmark.runner import add_arguments
+
+    benchmark = commands.add_parser(
+        "benchmark",
+        help="images/s of the Keras models against the PyTorch reference, in the same run",
+    )
+    add_arguments(benchmark)
+    benchmark.set_defaults(run=_benchmark)
     return parser
 
 

@@ -126,3 +126,23 @@ def test_mismatched_state_dict_is_refused_and_nothing_loads():
     assert "unexpected keys 1: extra.weight" in message
     assert "shape mismatches" in message and "patch_embed.conv.weight (64, 3, 16, 16)" in message
     assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
+
+
+@pytest.mark.parametrize("name", ["deepvit_s", "refiner_s", "pit_ti_distilled"])
+def test_training_mode_forward(name, tmp_path):
+    """Training mode (BatchNorm on batch statistics: re-attention's and the refiner's
+    unfolded path) gives the reference's train-mode logits."""
+    config = reference_config(name)
+    config.update(img_size=48, num_classes=10)
+    torch_model = ref.randomize_(ref.build_reference(config), seed=7).train()
+    images = np.random.default_rng(7).normal(size=(4, 48, 48, 3)).astype("float32")
+    path = tmp_path / f"{name}.pth"
+    torch.save(torch_model.state_dict(), path)
+    with torch.no_grad():
+        expected = torch_model.double()(torch.from_numpy(images.transpose(0, 3, 1, 2)).double()).numpy()
+    model = keras_deepvit.create_model(
+        name, weights=path, input_shape=(48, 48, 3), classes=10, classifier_activation=None,
+        include_preprocessing=False,
+    )
+    actual = to_numpy(model(images, training=True))
+    assert rel_l2(actual, expected) <= RTOL

@@ -53,6 +53,10 @@ class DeepViT(VisionTransformerFamily):
             official normalisation (mean = std = 0.5), False takes normalised input.
         dropout_rate, attention_dropout_rate, drop_path_rate: regularisation
             (stochastic depth grows linearly from 0 to `drop_path_rate`).
+        rematerialize_blocks: bool, recompute each block's activations in the
+            backward pass instead of storing them (`keras.RematScope`): training
+            memory no longer grows with the attention maps of every block, for
+            about one more forward pass per step. Inference is unchanged.
         name: model name.
 
     Example:
@@ -84,6 +88,7 @@ class DeepViT(VisionTransformerFamily):
         dropout_rate=0.0,
         attention_dropout_rate=0.0,
         drop_path_rate=0.0,
+        rematerialize_blocks=False,
         name="deepvit",
         **kwargs,
     ):
@@ -98,15 +103,16 @@ class DeepViT(VisionTransformerFamily):
             ns, name, stem, DEEPVIT_STEM_FILTERS, embed_dim, patch_size, dropout_rate, dtype
         )
         rates = common.drop_path_rates(drop_path_rate, depth)
-        ns.blocks = [
-            ReAttentionBlock(
-                num_heads, apply_transform=flags[i], transform_scale=transform_scale,
-                mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, scale_adjustment=scale_adjustment,
-                drop_path_rate=rates[i], dropout=dropout_rate,
-                attention_dropout=attention_dropout_rate, name=f"blocks_{i}", dtype=dtype,
-            )
-            for i in range(depth)
-        ]
+        with common.block_scope(rematerialize_blocks):
+            ns.blocks = [
+                ReAttentionBlock(
+                    num_heads, apply_transform=flags[i], transform_scale=transform_scale,
+                    mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, scale_adjustment=scale_adjustment,
+                    drop_path_rate=rates[i], dropout=dropout_rate,
+                    attention_dropout=attention_dropout_rate, name=f"blocks_{i}", dtype=dtype,
+                )
+                for i in range(depth)
+            ]
         ns.norm = common.final_norm(dtype)
         ns.head = common.classifier(classes, "head", dtype) if include_top else None
         ns.predictions = common.activation(classifier_activation) if include_top else None
@@ -121,6 +127,7 @@ class DeepViT(VisionTransformerFamily):
             pooling=pooling, classes=classes, classifier_activation=classifier_activation,
             include_preprocessing=include_preprocessing, dropout_rate=dropout_rate,
             attention_dropout_rate=attention_dropout_rate, drop_path_rate=drop_path_rate,
+            rematerialize_blocks=rematerialize_blocks,
         )
         self._finish_init(inputs, ns, config, name, **kwargs)
 

@@ -40,7 +40,7 @@ class PiT(VisionTransformerFamily):
         include_top: bool.
         input_shape, input_tensor, classes, classifier_activation,
         include_preprocessing (ImageNet mean/std), dropout_rate,
-        attention_dropout_rate, drop_path_rate, name: as `DeepViT`
+        attention_dropout_rate, drop_path_rate, rematerialize_blocks, name: as `DeepViT`
             (stochastic depth grows as `rate * i / total_blocks`, official rule).
         pooling: with `include_top=False`: "token" (normed class token; mean of the
             two tokens if distilled), "avg" (mean of the last stage's spatial
@@ -74,6 +74,7 @@ class PiT(VisionTransformerFamily):
         dropout_rate=0.0,
         attention_dropout_rate=0.0,
         drop_path_rate=0.0,
+        rematerialize_blocks=False,
         name="pit",
         **kwargs,
     ):
@@ -105,17 +106,18 @@ class PiT(VisionTransformerFamily):
         ns.cls_token = ClassTokens(2 if distilled else 1, name="cls_token", dtype=dtype)
         ns.stages, ns.pools, index = [], [], 0
         for s, stage_depth in enumerate(depth):
-            ns.stages.append(
-                [
-                    TransformerBlock(
-                        heads[s], mlp_ratio=mlp_ratio, qkv_bias=True,
-                        drop_path_rate=drop_path_rate * (index + j) / total, dropout=dropout_rate,
-                        attention_dropout=attention_dropout_rate,
-                        name=f"transformers_{s}_blocks_{j}", dtype=dtype,
-                    )
-                    for j in range(stage_depth)
-                ]
-            )
+            with common.block_scope(rematerialize_blocks):
+                ns.stages.append(
+                    [
+                        TransformerBlock(
+                            heads[s], mlp_ratio=mlp_ratio, qkv_bias=True,
+                            drop_path_rate=drop_path_rate * (index + j) / total,
+                            dropout=dropout_rate, attention_dropout=attention_dropout_rate,
+                            name=f"transformers_{s}_blocks_{j}", dtype=dtype,
+                        )
+                        for j in range(stage_depth)
+                    ]
+                )
             index += stage_depth
             if s + 1 < len(depth):
                 ns.pools.append(ConvHeadPooling(widths[s + 1], name=f"pools_{s}", dtype=dtype))
@@ -135,6 +137,7 @@ class PiT(VisionTransformerFamily):
             classifier_activation=classifier_activation,
             include_preprocessing=include_preprocessing, dropout_rate=dropout_rate,
             attention_dropout_rate=attention_dropout_rate, drop_path_rate=drop_path_rate,
+            rematerialize_blocks=rematerialize_blocks,
         )
         self._finish_init(inputs, ns, config, name, **kwargs)
 

@@ -49,7 +49,7 @@ class RefinerViT(VisionTransformerFamily):
             the combined eval output alone. Activations apply to "logits" only.
         include_top, input_shape, input_tensor, pooling, classes,
         classifier_activation, include_preprocessing, dropout_rate,
-        attention_dropout_rate, drop_path_rate, name: as `DeepViT`.
+        attention_dropout_rate, drop_path_rate, rematerialize_blocks, name: as `DeepViT`.
 
     Example:
     >>> import numpy as np
@@ -82,6 +82,7 @@ class RefinerViT(VisionTransformerFamily):
         dropout_rate=0.0,
         attention_dropout_rate=0.0,
         drop_path_rate=0.0,
+        rematerialize_blocks=False,
         name="refiner_vit",
         **kwargs,
     ):
@@ -102,16 +103,18 @@ class RefinerViT(VisionTransformerFamily):
             ns, name, stem, REFINER_STEM_FILTERS, embed_dim, patch_size, dropout_rate, dtype
         )
         rates = common.drop_path_rates(drop_path_rate, depth)
-        ns.blocks = [
-            RefinerBlock(
-                num_heads, share_attention=shared[i], refine_attention=refined[i] and not shared[i],
-                expansion_ratio=SHARED_EXPANSION_RATIO if shared[i] else head_expand,
-                scale_adjustment=REFINER_SCALE_ADJUSTMENT, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias,
-                drop_path_rate=rates[i], dropout=dropout_rate,
-                attention_dropout=attention_dropout_rate, name=f"blocks_{i}", dtype=dtype,
-            )
-            for i in range(depth)
-        ]
+        with common.block_scope(rematerialize_blocks):
+            ns.blocks = [
+                RefinerBlock(
+                    num_heads, share_attention=shared[i],
+                    refine_attention=refined[i] and not shared[i],
+                    expansion_ratio=SHARED_EXPANSION_RATIO if shared[i] else head_expand,
+                    scale_adjustment=REFINER_SCALE_ADJUSTMENT, mlp_ratio=mlp_ratio,
+                    qkv_bias=qkv_bias, drop_path_rate=rates[i], dropout=dropout_rate,
+                    attention_dropout=attention_dropout_rate, name=f"blocks_{i}", dtype=dtype,
+                )
+                for i in range(depth)
+            ]
         ns.norm = common.final_norm(dtype)
         ns.head = common.classifier(classes, "head", dtype) if include_top else None
         ns.aux_head = common.classifier(classes, "aux_head", dtype) if include_top and dense_head else None
@@ -129,6 +132,7 @@ class RefinerViT(VisionTransformerFamily):
             classifier_activation=classifier_activation,
             include_preprocessing=include_preprocessing, dropout_rate=dropout_rate,
             attention_dropout_rate=attention_dropout_rate, drop_path_rate=drop_path_rate,
+            rematerialize_blocks=rematerialize_blocks,
         )
         self._finish_init(inputs, ns, config, name, **kwargs)
 

@@ -1,0 +1,61 @@
+"""The benchmark suite runs end to end on a tiny job, and its command line checks its options.
+
+Speed itself is never asserted here (machines are noisy): these tests check that
+every contestant runs, that what is timed computes the reference's logits, and
+that the table is complete.
+"""
+
+import pytest
+
+from keras_deepvit import cli
+from keras_deepvit.benchmark import runner
+from keras_deepvit.benchmark.table import COLUMNS, format_table
+
+pytest.importorskip("torch")
+
+
+def test_tiny_job_in_process_times_every_contestant():
+    report = runner.run_benchmark(
+        models=["pit_ti"], image_size=32, batch_sizes=(2,), repeats=2, warmup=1,
+        modes=("infer", "train"), torch_variants=("eager", "sdpa"), memory=False,
+        in_process=True, log=lambda *_: None,
+    )
+    assert report["gemm_peak"]["peak"] > 0
+    infer, train = report["rows"]
+    for row in (infer, train):
+        assert row["Keras img/s"] > 0
+        assert row["torch eager"] > 0 and row["torch SDPA"] > 0
+        assert row["Keras / best torch"] > 0
+        assert row["Keras % GEMM peak"] > 0
+    # What is timed is the same model: every Keras variant reproduces the eager reference.
+    errors = report["results"][0]["rel_l2_vs_torch_eager"]
+    assert errors and all(error < 1e-5 for error in errors.values()), errors
+    table = format_table(report["rows"])
+    assert table.splitlines()[0] == "| " + " | ".join(COLUMNS) + " |"
+    assert len(table.splitlines()) == 4
+
+
+def test_rematerialized_training_job_runs():
+    report = runner.run_benchmark(
+        models=["pit_ti"], image_size=32, batch_sizes=(2,), repeats=1, warmup=1,
+        modes=("train",), torch_variants=(), memory=False, in_process=True,
+        model_kwargs={"rematerialize_blocks": True}, log=lambda *_: None,
+    )
+    (row,) = report["rows"]
+    assert row["Keras img/s"] > 0
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--models", "no_such_model"], "Unknown model"),
+        (["--modes", "fly"], "--modes"),
+        (["--batch-sizes", "8,x"], "--batch-sizes"),
+        (["--backends", "mxnet"], "--backends"),
+    ],
+)
+def test_bad_options_are_named(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["benchmark", "--no-memory", *argv])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
