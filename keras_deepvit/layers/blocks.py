@@ -8,6 +8,7 @@ from keras_deepvit.layers.attention import MultiHeadSelfAttention
 from keras_deepvit.layers.drop_path import DropPath
 from keras_deepvit.layers.re_attention import ReAttention
 from keras_deepvit.layers.refiner_attention import RefinerAttention
+from keras_deepvit.layers.remat import rematerialized_call
 from keras_deepvit.layers.torch_like import exact_gelu, torch_layer_norm
 
 
@@ -91,6 +92,9 @@ class TransformerBlock(keras.layers.Layer):
         drop_path_rate: float, stochastic depth rate of this block.
         dropout: float, dropout after the projections.
         attention_dropout: float, dropout on the attention maps.
+        rematerialize: bool; in training, recompute the block's activations
+            (the attention maps above all) in the backward pass instead of
+            storing them (see `keras_deepvit.layers.remat`).
 
     Call arguments:
         inputs: `(batch, tokens, dim)`.
@@ -108,9 +112,10 @@ class TransformerBlock(keras.layers.Layer):
 
     def __init__(
         self, num_heads, mlp_ratio=4.0, qkv_bias=True, scale_adjustment=1.0,
-        drop_path_rate=0.0, dropout=0.0, attention_dropout=0.0, **kwargs,
+        drop_path_rate=0.0, dropout=0.0, attention_dropout=0.0, rematerialize=False, **kwargs,
     ):
         super().__init__(**kwargs)
+        self.rematerialize = rematerialize
         self.num_heads = num_heads
         self.mlp_ratio = mlp_ratio
         self.qkv_bias = qkv_bias
@@ -161,7 +166,16 @@ class TransformerBlock(keras.layers.Layer):
         branch = self.mlp(self.norm2(self.scaled(x)), training=training)
         return x + self.drop_path(self.unscaled(branch), training=training)
 
+    def rematerializes(self, training, return_attention_scores):
+        """Whether this call recomputes its activations in the backward pass."""
+        return self.rematerialize and bool(training) and not return_attention_scores
+
     def call(self, inputs, return_attention_scores=False, training=None):
+        if self.rematerializes(training, return_attention_scores):
+            return rematerialized_call(self, lambda x: self.forward(x, training=training), inputs)
+        return self.forward(inputs, return_attention_scores, training=training)
+
+    def forward(self, inputs, return_attention_scores=False, training=None):
         result = self.attn(
             self.norm1(self.scaled(inputs)),
             return_attention_scores=return_attention_scores, training=training,
@@ -182,6 +196,7 @@ class TransformerBlock(keras.layers.Layer):
                 "drop_path_rate": self.drop_path_rate,
                 "dropout": self.dropout,
                 "attention_dropout": self.attention_dropout,
+                "rematerialize": self.rematerialize,
             }
         )
         return config
@@ -272,6 +287,17 @@ class RefinerBlock(TransformerBlock):
         return True
 
     def call(self, inputs, previous_attention=None, return_attention_scores=False, training=None):
+        if self.rematerializes(training, return_attention_scores):
+            if previous_attention is None:
+                return rematerialized_call(
+                    self, lambda x: self.forward(x, None, training=training), inputs
+                )
+            return rematerialized_call(
+                self, lambda x, p: self.forward(x, p, training=training), inputs, previous_attention
+            )
+        return self.forward(inputs, previous_attention, return_attention_scores, training=training)
+
+    def forward(self, inputs, previous_attention=None, return_attention_scores=False, training=None):
         result = self.attn(
             self.norm1(self.scaled(inputs)), previous_attention=previous_attention,
             return_attention_scores=return_attention_scores, training=training,

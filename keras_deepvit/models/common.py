@@ -1,7 +1,5 @@
 """What every family shares: keras.applications-style arguments, inputs and heads."""
 
-import contextlib
-
 import keras
 from keras import ops
 
@@ -143,16 +141,3 @@ def vit_tokens(layers, images):
     x = ops.reshape(x, (-1, x.shape[1] * x.shape[2], x.shape[3]))
     return layers.pos_drop(layers.pos_embed(layers.cls_token(x)))
 
-
-def block_scope(rematerialize_blocks):
-    """The context a family creates its transformer blocks in.
-
-    With `rematerialize_blocks=True` every block is rematerialised
-    (`keras.RematScope(mode="full")`): its activations, the `B x H x N x N`
-    attention maps above all, are recomputed in the backward pass instead of
-    kept, trading about one extra forward pass for memory that no longer grows
-    with depth. Inference is unchanged.
-    """
-    if rematerialize_blocks:
-        return keras.RematScope(mode="full")
-    return contextlib.nullcontext()

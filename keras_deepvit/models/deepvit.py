@@ -54,8 +54,8 @@ class DeepViT(VisionTransformerFamily):
         dropout_rate, attention_dropout_rate, drop_path_rate: regularisation
             (stochastic depth grows linearly from 0 to `drop_path_rate`).
         rematerialize_blocks: bool, recompute each block's activations in the
-            backward pass instead of storing them (`keras.RematScope`): training
-            memory no longer grows with the attention maps of every block, for
+            backward pass instead of storing them (`keras_deepvit.layers.remat`):
+            training memory no longer holds every block's attention maps, for
             about one more forward pass per step. Inference is unchanged.
         name: model name.
 
@@ -103,16 +103,16 @@ class DeepViT(VisionTransformerFamily):
             ns, name, stem, DEEPVIT_STEM_FILTERS, embed_dim, patch_size, dropout_rate, dtype
         )
         rates = common.drop_path_rates(drop_path_rate, depth)
-        with common.block_scope(rematerialize_blocks):
-            ns.blocks = [
-                ReAttentionBlock(
-                    num_heads, apply_transform=flags[i], transform_scale=transform_scale,
-                    mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, scale_adjustment=scale_adjustment,
-                    drop_path_rate=rates[i], dropout=dropout_rate,
-                    attention_dropout=attention_dropout_rate, name=f"blocks_{i}", dtype=dtype,
-                )
-                for i in range(depth)
-            ]
+        ns.blocks = [
+            ReAttentionBlock(
+                num_heads, apply_transform=flags[i], transform_scale=transform_scale,
+                mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, scale_adjustment=scale_adjustment,
+                drop_path_rate=rates[i], dropout=dropout_rate,
+                attention_dropout=attention_dropout_rate, name=f"blocks_{i}", dtype=dtype,
+                rematerialize=rematerialize_blocks,
+            )
+            for i in range(depth)
+        ]
         ns.norm = common.final_norm(dtype)
         ns.head = common.classifier(classes, "head", dtype) if include_top else None
         ns.predictions = common.activation(classifier_activation) if include_top else None

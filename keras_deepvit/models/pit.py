@@ -106,18 +106,18 @@ class PiT(VisionTransformerFamily):
         ns.cls_token = ClassTokens(2 if distilled else 1, name="cls_token", dtype=dtype)
         ns.stages, ns.pools, index = [], [], 0
         for s, stage_depth in enumerate(depth):
-            with common.block_scope(rematerialize_blocks):
-                ns.stages.append(
-                    [
-                        TransformerBlock(
-                            heads[s], mlp_ratio=mlp_ratio, qkv_bias=True,
-                            drop_path_rate=drop_path_rate * (index + j) / total,
-                            dropout=dropout_rate, attention_dropout=attention_dropout_rate,
-                            name=f"transformers_{s}_blocks_{j}", dtype=dtype,
-                        )
-                        for j in range(stage_depth)
-                    ]
-                )
+            ns.stages.append(
+                [
+                    TransformerBlock(
+                        heads[s], mlp_ratio=mlp_ratio, qkv_bias=True,
+                        drop_path_rate=drop_path_rate * (index + j) / total,
+                        dropout=dropout_rate, attention_dropout=attention_dropout_rate,
+                        name=f"transformers_{s}_blocks_{j}", dtype=dtype,
+                        rematerialize=rematerialize_blocks,
+                    )
+                    for j in range(stage_depth)
+                ]
+            )
             index += stage_depth
             if s + 1 < len(depth):
                 ns.pools.append(ConvHeadPooling(widths[s + 1], name=f"pools_{s}", dtype=dtype))

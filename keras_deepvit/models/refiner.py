@@ -103,18 +103,18 @@ class RefinerViT(VisionTransformerFamily):
             ns, name, stem, REFINER_STEM_FILTERS, embed_dim, patch_size, dropout_rate, dtype
         )
         rates = common.drop_path_rates(drop_path_rate, depth)
-        with common.block_scope(rematerialize_blocks):
-            ns.blocks = [
-                RefinerBlock(
-                    num_heads, share_attention=shared[i],
-                    refine_attention=refined[i] and not shared[i],
-                    expansion_ratio=SHARED_EXPANSION_RATIO if shared[i] else head_expand,
-                    scale_adjustment=REFINER_SCALE_ADJUSTMENT, mlp_ratio=mlp_ratio,
-                    qkv_bias=qkv_bias, drop_path_rate=rates[i], dropout=dropout_rate,
-                    attention_dropout=attention_dropout_rate, name=f"blocks_{i}", dtype=dtype,
-                )
-                for i in range(depth)
-            ]
+        ns.blocks = [
+            RefinerBlock(
+                num_heads, share_attention=shared[i],
+                refine_attention=refined[i] and not shared[i],
+                expansion_ratio=SHARED_EXPANSION_RATIO if shared[i] else head_expand,
+                scale_adjustment=REFINER_SCALE_ADJUSTMENT, mlp_ratio=mlp_ratio,
+                qkv_bias=qkv_bias, drop_path_rate=rates[i], dropout=dropout_rate,
+                attention_dropout=attention_dropout_rate, name=f"blocks_{i}", dtype=dtype,
+                rematerialize=rematerialize_blocks,
+            )
+            for i in range(depth)
+        ]
         ns.norm = common.final_norm(dtype)
         ns.head = common.classifier(classes, "head", dtype) if include_top else None
         ns.aux_head = common.classifier(classes, "aux_head", dtype) if include_top and dense_head else None
