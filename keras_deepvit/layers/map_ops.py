@@ -12,7 +12,8 @@ work channels-first and never transpose the big `B x C x N x N` tensor:
   padding. PyTorch runs its native NCHW convolution. XLA (JAX, TensorFlow with
   `jit_compile`) has no fast depthwise convolution on CPU (about 7x slower than
   the same work written as a sum of shifted slices, which XLA fuses into one
-  memory-bound loop), so there the kernel taps are summed explicitly.
+  memory-bound loop), so there the kernel taps are summed explicitly
+  (`depthwise_conv_valid`, also used by PiT's strided pooling).
 
 Both are plain functions of tensors; the layers that own the weights call them.
 """
@@ -70,23 +71,77 @@ def depthwise_conv_channels_first(maps, kernel):
     size = kernel.shape[0]
     if size % 2 != 1 or kernel.shape[1] != size:
         raise ValueError(f"depthwise_conv_channels_first needs a square odd kernel, got {kernel.shape}.")
-    kernel = ops.cast(kernel, maps.dtype)
-    if keras.backend.backend() == "torch":
-        return ops.depthwise_conv(maps, kernel, padding="same", data_format="channels_first")
-    return _shifted_sum(maps, kernel)
-
-
-def _shifted_sum(maps, kernel):
-    """The depthwise convolution as `sum over taps of weight * shifted maps` (fused by XLA)."""
-    size = kernel.shape[0]
     pad = size // 2
-    shape = ops.shape(maps)
-    rows, cols = shape[2], shape[3]
     padded = ops.pad(maps, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
-    taps = ops.transpose(kernel[:, :, :, 0], (2, 0, 1))[None, :, :, :, None, None]
+    return depthwise_conv_valid(padded, kernel, data_format="channels_first")
+
+
+def depthwise_conv_valid(inputs, kernel, strides=1, data_format="channels_last"):
+    """Depthwise convolution without padding (callers pad explicitly), any channel multiplier.
+
+    PyTorch runs its native convolution. Under XLA (JAX, TensorFlow) the
+    convolution is written as a sum over the kernel taps of strided slices times
+    per-channel weights, which XLA fuses into one loop: its own depthwise
+    convolution is about 7x slower on CPU, and the filter gradient of a strided
+    depthwise convolution with a channel multiplier (PiT's pooling) is slower
+    than the whole rest of a PiT-S training step.
+
+    Args:
+        inputs: `(batch, rows, cols, channels)` (or channels-first).
+        kernel: `(kh, kw, channels, multiplier)`, a Keras `DepthwiseConv2D` kernel.
+        strides: int.
+        data_format: "channels_last" or "channels_first".
+
+    Returns:
+        `(batch, out_rows, out_cols, channels * multiplier)` (or channels-first), output
+        channel `c * multiplier + m` from input channel `c` (Keras' and PyTorch's order).
+
+    Example:
+    >>> import numpy as np
+    >>> out = depthwise_conv_valid(np.ones((1, 5, 5, 2), "float32"), np.ones((3, 3, 2, 2), "float32"), 2)
+    >>> tuple(out.shape), float(np.asarray(out)[0, 0, 0, 0])
+    ((1, 2, 2, 4), 9.0)
+    """
+    kernel = ops.cast(kernel, inputs.dtype)
+    if keras.backend.backend() == "torch":
+        return ops.depthwise_conv(
+            inputs, kernel, strides=strides, padding="valid", data_format=data_format
+        )
+    return _shifted_sum(inputs, kernel, strides, data_format == "channels_first")
+
+
+def _shifted_sum(inputs, kernel, stride, channels_first):
+    """The depthwise convolution as `sum over taps of weight * strided slice` (fused by XLA)."""
+    kh, kw, channels, multiplier = kernel.shape
+    axes = (2, 3) if channels_first else (1, 2)
+    shape = ops.shape(inputs)
+    rows = (shape[axes[0]] - kh) // stride + 1
+    cols = (shape[axes[1]] - kw) // stride + 1
+    if multiplier == 1:
+        # Channels-last broadcasts over the last axis as it is; channels-first
+        # needs the per-channel weights as (channels, 1, 1).
+        taps = kernel[:, :, :, 0]
+        taps = taps[:, :, :, None, None] if channels_first else taps
+    else:
+        # One more axis for the multiplier, merged into the channels at the end.
+        taps = kernel[:, :, :, :, None, None] if channels_first else kernel
     total = None
-    for i in range(size):
-        for j in range(size):
-            term = padded[:, :, i : i + rows, j : j + cols] * taps[:, :, i, j]
+    for i in range(kh):
+        for j in range(kw):
+            window = (
+                slice(i, i + stride * (rows - 1) + 1, stride),
+                slice(j, j + stride * (cols - 1) + 1, stride),
+            )
+            if channels_first:
+                window = inputs[(slice(None), slice(None)) + window]
+            else:
+                window = inputs[(slice(None),) + window]
+            if multiplier != 1:
+                window = window[:, :, None] if channels_first else window[..., None]
+            term = window * taps[i, j]
             total = term if total is None else total + term
-    return total
+    if multiplier == 1:
+        return total
+    if channels_first:
+        return ops.reshape(total, (-1, channels * multiplier, rows, cols))
+    return ops.reshape(total, (-1, rows, cols, channels * multiplier))

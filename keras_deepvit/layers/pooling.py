@@ -3,6 +3,8 @@
 import keras
 from keras import ops
 
+from keras_deepvit.layers.map_ops import depthwise_conv_valid
+
 
 @keras.saving.register_keras_serializable(package="keras_deepvit")
 class ConvHeadPooling(keras.layers.Layer):
@@ -59,7 +61,11 @@ class ConvHeadPooling(keras.layers.Layer):
 
     def call(self, feature_map, tokens):
         x = ops.pad(feature_map, ((0, 0), (1, 1), (1, 1), (0, 0)))
-        return self.conv(x), self.fc(tokens)
+        # The convolution layer owns the weights; `depthwise_conv_valid` computes
+        # it in the form each backend runs fastest (XLA's own strided depthwise
+        # convolution with a channel multiplier is very slow to differentiate).
+        x = depthwise_conv_valid(x, self.conv.kernel, strides=2) + ops.cast(self.conv.bias, x.dtype)
+        return x, self.fc(tokens)
 
     def get_config(self):
         config = super().get_config()
