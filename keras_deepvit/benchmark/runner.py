@@ -139,11 +139,12 @@ def _run_subprocess(spec, backend):
 def run_benchmark(
     models=DEFAULT_MODELS, backends=None, batch_sizes=(8,), image_size=None, repeats=5,
     warmup=2, modes=("infer", "train"), keras_variants=None, torch_variants=("eager", "sdpa", "compile"),
-    memory=True, dtype="float32", model_kwargs=None, in_process=False, log=print,
+    memory=True, dtype="float32", model_kwargs=None, in_process=False, log=print, gemm_size=2048,
 ):
     """Runs every job; returns `{"machine", "gemm_peak", "results", "rows"}`.
 
-    `rows` are `table.summarize` dicts, `results` the workers' raw results.
+    `rows` are `table.summarize` dicts, `results` the workers' raw results;
+    `gemm_size` is the matrix size of the GEMM-peak measurement.
     """
     from keras_deepvit.benchmark.peak import gemm_peak
     from keras_deepvit.models.variants import VARIANTS
@@ -165,7 +166,7 @@ def run_benchmark(
     except ImportError:
         torch_variants = ()
     peak_dtype = {"float32": "float32", "mixed_float16": "float16", "mixed_bfloat16": "bfloat16"}[dtype]
-    peak = gemm_peak(device="cuda" if gpu else "cpu", dtype=peak_dtype)
+    peak = gemm_peak(size=gemm_size, device="cuda" if gpu else "cpu", dtype=peak_dtype)
     machine = machine_info()
     log(f"Machine: {machine['cpu']}, {machine['cores']} cores; "
         f"{peak_dtype} GEMM peak {peak['peak']:.0f} GFLOP/s "

@@ -110,6 +110,7 @@ class DistributedLocalAttention(keras.layers.Layer):
             inputs: `(batch, heads, tokens, tokens)` maps.
             output_scale, output_shift: optional float32 `(heads,)` vectors.
         """
+        inputs = ops.convert_to_tensor(inputs)
         dtype = inputs.dtype
 
         def channel_bias(vector):
@@ -126,11 +127,12 @@ class DistributedLocalAttention(keras.layers.Layer):
         scale, shift = batch_norm_fold(self.bn3)
         identity = inputs
         if output_scale is not None:
+            output_scale = ops.cast(output_scale, "float32")
             scale = scale * output_scale
             shift = shift * output_scale
             identity = inputs * channel_bias(output_scale)
         if output_shift is not None:
-            shift = shift + output_shift
+            shift = shift + ops.cast(output_shift, "float32")
         kernel = ops.cast(self.conv_pro.kernel, "float32") * scale[None, :]
         return mix_channels(x, kernel) + channel_bias(shift) + identity
 

@@ -53,7 +53,7 @@ def batch_norm_fold(layer, bias=None):
     >>> import numpy as np
     >>> bn = torch_batch_norm("bn"); bn.build((None, 2))
     >>> scale, shift = batch_norm_fold(bn, bias=np.array([1.0, 2.0], "float32"))
-    >>> np.round(np.asarray(shift), 3).tolist()
+    >>> np.round(keras.ops.convert_to_numpy(shift), 3).tolist()
     [1.0, 2.0]
     """
     variance = ops.cast(layer.moving_variance, "float32")

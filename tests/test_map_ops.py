@@ -1,0 +1,107 @@
+"""The attention-map operations and the BatchNorm folds equal the plain Keras layers
+they stand for, on every backend (each backend takes its own code path)."""
+
+import doctest
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+from helpers import to_numpy
+from keras_deepvit.layers import map_ops, remat, torch_like
+from keras_deepvit.layers.re_attention import ReAttention
+from keras_deepvit.layers.refiner_attention import DistributedLocalAttention
+
+RNG = np.random.default_rng(0)
+
+
+def randomize_batch_norms(layer, seed=1):
+    rng = np.random.default_rng(seed)
+    for variable in layer.weights:
+        if "moving_variance" in variable.path:
+            variable.assign(rng.uniform(0.5, 2.0, variable.shape).astype("float32"))
+        elif any(name in variable.path for name in ("moving_mean", "beta", "gamma", "bias")):
+            variable.assign(rng.normal(0, 0.5, variable.shape).astype("float32"))
+
+
+@pytest.mark.parametrize("module", [map_ops, remat, torch_like])
+def test_docstring_examples(module):
+    assert doctest.testmod(module).failed == 0
+
+
+@pytest.mark.parametrize("stride,multiplier,size", [(2, 2, 9), (2, 1, 8), (1, 3, 7)])
+def test_depthwise_conv_valid_equals_the_keras_layer(stride, multiplier, size):
+    images = RNG.normal(size=(2, size, size, 4)).astype("float32")
+    layer = keras.layers.DepthwiseConv2D(3, strides=stride, depth_multiplier=multiplier, use_bias=False)
+    expected = to_numpy(layer(images))
+    actual = to_numpy(map_ops.depthwise_conv_valid(images, layer.kernel, strides=stride))
+    np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-5)
+    channels_first = to_numpy(
+        map_ops.depthwise_conv_valid(
+            images.transpose(0, 3, 1, 2), layer.kernel, strides=stride, data_format="channels_first"
+        )
+    )
+    np.testing.assert_allclose(channels_first.transpose(0, 2, 3, 1), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_depthwise_conv_channels_first_pads_symmetrically():
+    maps = RNG.normal(size=(2, 3, 6, 6)).astype("float32")
+    layer = keras.layers.DepthwiseConv2D(3, padding="same", use_bias=False)
+    expected = to_numpy(layer(maps.transpose(0, 2, 3, 1))).transpose(0, 3, 1, 2)
+    actual = to_numpy(map_ops.depthwise_conv_channels_first(maps, layer.kernel))
+    np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="square odd kernel"):
+        map_ops.depthwise_conv_channels_first(maps, np.zeros((2, 2, 3, 1), "float32"))
+
+
+def test_mix_channels_is_a_1x1_convolution():
+    maps = RNG.normal(size=(2, 3, 5, 5)).astype("float32")
+    kernel = RNG.normal(size=(3, 7)).astype("float32")
+    expected = np.einsum("bcqk,cd->bdqk", maps, kernel)
+    np.testing.assert_allclose(to_numpy(map_ops.mix_channels(maps, kernel)), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_batch_norm_fold_equals_inference_batch_norm():
+    layer = torch_like.torch_batch_norm("bn", axis=1)
+    layer.build((None, 4, None, None))
+    randomize_batch_norms(layer)
+    x = RNG.normal(size=(2, 4, 3, 3)).astype("float32")
+    bias = RNG.normal(size=(4,)).astype("float32")
+    scale, shift = torch_like.batch_norm_fold(layer, bias=bias)
+    folded = x * to_numpy(scale)[:, None, None] + to_numpy(shift)[:, None, None]
+    expected = to_numpy(layer(x + bias[:, None, None], training=False))
+    np.testing.assert_allclose(folded, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_refiner_fold_equals_the_unfolded_layers():
+    """Inference DLA (BatchNorms folded, maps channels-first) against the same
+    sublayers run one by one in Keras' channels-last layout."""
+    layer = DistributedLocalAttention(expansion_ratio=2)
+    maps = RNG.uniform(size=(2, 3, 7, 7)).astype("float32")
+    layer.build(maps.shape)
+    randomize_batch_norms(layer)
+    x = maps.transpose(0, 2, 3, 1)
+    bn = lambda norm, value: to_numpy(norm(value.transpose(0, 3, 1, 2), training=False)).transpose(0, 2, 3, 1)  # noqa: E731
+    h = np.clip(bn(layer.bn1, to_numpy(layer.conv_exp(x))), 0, 6)
+    h = np.clip(bn(layer.bn2, to_numpy(layer.depth_sep_conv(h))), 0, 6)
+    expected = (bn(layer.bn3, to_numpy(layer.conv_pro(h))) + x).transpose(0, 3, 1, 2)
+    np.testing.assert_allclose(to_numpy(layer(maps, training=False)), expected, rtol=1e-5, atol=1e-5)
+    # A following per-head affine map folds in too.
+    scale, shift = np.array([0.5, 2.0, -1.0], "float32"), np.array([0.1, 0.0, 0.3], "float32")
+    folded = to_numpy(layer.refine_folded(maps, output_scale=scale, output_shift=shift))
+    np.testing.assert_allclose(
+        folded, expected * scale[:, None, None] + shift[:, None, None], rtol=1e-5, atol=1e-5
+    )
+
+
+def test_re_attention_fold_equals_mix_then_batch_norm():
+    layer = ReAttention(num_heads=4, transform_scale=True)
+    layer.build((None, 5, 16))
+    randomize_batch_norms(layer)
+    maps = RNG.uniform(size=(2, 4, 5, 5)).astype("float32")
+    kernel, bias = to_numpy(layer.reatten_kernel), to_numpy(layer.reatten_bias)
+    mixed = np.einsum("bhqk,gh->bgqk", maps, kernel) + bias[:, None, None]
+    expected = to_numpy(layer.var_norm(mixed, training=False)) * layer.scale
+    actual = to_numpy(layer.transform_attention(ops.convert_to_tensor(maps), training=False))
+    np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-5)
