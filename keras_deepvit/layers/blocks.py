@@ -288,12 +288,10 @@ class RefinerBlock(TransformerBlock):
 
     def call(self, inputs, previous_attention=None, return_attention_scores=False, training=None):
         if self.rematerializes(training, return_attention_scores):
-            if previous_attention is None:
-                return rematerialized_call(
-                    self, lambda x: self.forward(x, None, training=training), inputs
-                )
+            # The first block has no previous maps: only tensors go through the recomputation.
+            tensors = (inputs,) if previous_attention is None else (inputs, previous_attention)
             return rematerialized_call(
-                self, lambda x, p: self.forward(x, p, training=training), inputs, previous_attention
+                self, lambda x, *p: self.forward(x, *(p or (None,)), training=training), *tensors
             )
         return self.forward(inputs, previous_attention, return_attention_scores, training=training)
 
