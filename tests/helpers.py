@@ -21,7 +21,60 @@ def to_numpy(x):
         return {k: to_numpy(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
         return type(x)(to_numpy(v) for v in x)
+    if hasattr(x, "detach"):  # a torch tensor that requires grad
+        x = x.detach()
     return np.asarray(keras.ops.convert_to_numpy(x))
+
+
+def infer(model, inputs):
+    """A model's inference outputs as numpy, compiled on JAX and eager elsewhere.
+
+    Eager JAX compiles every op for every new shape (about 0.1 s each on a
+    2-core CPU), so an eager first call of a 12-block model costs ~10 s against
+    ~2 s for one compiled `predict_on_batch`; TensorFlow and PyTorch run eager
+    calls without compiling. Both paths compute the same graph (`training=False`).
+    """
+    if keras.backend.backend() == "jax":
+        return to_numpy(model.predict_on_batch(inputs))
+    return to_numpy(model(inputs, training=False))
+
+
+def compiled(fn):
+    """`fn` compiled with `jax.jit` on JAX (see `infer`), as it is elsewhere."""
+    if keras.backend.backend() == "jax":
+        import jax
+
+        return jax.jit(fn)
+    return fn
+
+
+def gradients(loss_fn, variables):
+    """`(loss, [d loss / d variable])` as numpy, through the backend's own autodiff.
+
+    `loss_fn()` reads the variables (Keras `Variable`s) and returns a scalar.
+    On JAX it is compiled (see `infer`).
+    """
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        def pure(values):
+            with keras.StatelessScope(state_mapping=list(zip(variables, values))):
+                return loss_fn()
+
+        loss, grads = jax.jit(jax.value_and_grad(pure))([v.value for v in variables])
+    elif backend == "tensorflow":
+        import tensorflow as tf
+
+        with tf.GradientTape() as tape:
+            loss = loss_fn()
+        grads = tape.gradient(loss, [v.value for v in variables])
+    else:
+        import torch
+
+        loss = loss_fn()
+        grads = torch.autograd.grad(loss, [v.value for v in variables])
+    return to_numpy(loss), [to_numpy(g) for g in grads]
 
 
 def rel_l2(actual, expected):

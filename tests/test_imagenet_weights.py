@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import keras_deepvit
-from helpers import to_numpy
+from helpers import infer, to_numpy
 from keras_deepvit.weights import keras_to_torch_state_dict
 from keras_deepvit.weights.download import WeightsDownloadError
 from keras_deepvit.weights.imagenet_weights import fits_default_config
@@ -86,7 +86,7 @@ def test_imagenet_downloads_converts_caches_and_reuses(server, pit_ti_checkpoint
     )
     assert handler.requests == ["/pit_ti.timm.safetensors"]
     assert (tmp_path / PRETRAINED["pit_ti"].converted_filename).is_file()
-    np.testing.assert_allclose(to_numpy(model(images)), expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(infer(model, images), expected, rtol=1e-5, atol=1e-5)
 
     again = keras_deepvit.PiTTi(weights="imagenet", include_preprocessing=False, classifier_activation=None)
     assert len(handler.requests) == 1  # served from the cache, no request
@@ -166,7 +166,7 @@ def test_cache_survives_a_killed_conversion(server, pit_ti_checkpoint, tmp_path,
         "pit_ti", weights="imagenet", include_preprocessing=False, classifier_activation=None
     )
     assert converted.is_file()
-    np.testing.assert_allclose(to_numpy(model(images)), expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(infer(model, images), expected, rtol=1e-5, atol=1e-5)
 
 
 def test_convert_command(pit_ti_checkpoint, tmp_path, capsys):
@@ -182,7 +182,7 @@ def test_convert_command(pit_ti_checkpoint, tmp_path, capsys):
     model = keras_deepvit.create_model("pit_ti", weights=str(out), classifier_activation=None,
                                        include_preprocessing=False)
     images, expected = pit_ti_checkpoint[2], pit_ti_checkpoint[3]
-    np.testing.assert_allclose(to_numpy(model(images)), expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(infer(model, images), expected, rtol=1e-5, atol=1e-5)
 
 
 def test_convert_command_refuses_a_wrong_model(pit_ti_checkpoint, tmp_path, capsys):

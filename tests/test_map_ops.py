@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from keras import ops
 
-from helpers import to_numpy
+from helpers import compiled, gradients, to_numpy
 from keras_deepvit.layers import map_ops, remat, torch_like
 from keras_deepvit.layers.re_attention import ReAttention
 from keras_deepvit.layers.refiner_attention import DistributedLocalAttention
@@ -53,6 +53,38 @@ def test_depthwise_conv_channels_first_pads_symmetrically():
     np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="square odd kernel"):
         map_ops.depthwise_conv_channels_first(maps, np.zeros((2, 2, 3, 1), "float32"))
+
+
+@pytest.mark.parametrize(
+    "size,kernel,strides",
+    [
+        ((13, 13), (7, 7), (2, 2)),  # the CNN stems' first convolution
+        ((9, 8), (3, 3), (1, 1)),  # their 3x3 convolutions
+        ((20, 19), (8, 8), (8, 8)),  # a patchify projection; the remainder is dropped
+        ((40, 24), (16, 16), (8, 8)),  # PiT's overlapping patches
+        ((9, 10), (3, 2), (2, 3)),
+    ],
+)
+@pytest.mark.parametrize("differentiated", [False, True])
+def test_conv_valid_equals_keras_conv_with_its_gradients(size, kernel, strides, differentiated):
+    images = keras.Variable(RNG.normal(size=(2,) + size + (3,)).astype("float32"))
+    weights = keras.Variable(RNG.normal(size=kernel + (3, 5)).astype("float32"))
+    expected = to_numpy(ops.conv(images, weights, strides=strides, padding="valid"))
+    cotangent = ops.convert_to_tensor(RNG.normal(size=expected.shape).astype("float32"))
+
+    def loss(conv):
+        return lambda: ops.sum(ops.multiply(conv(images.value, weights.value), cotangent))
+
+    ours = lambda x, w: map_ops.conv_valid(x, w, strides, differentiated=differentiated)  # noqa: E731
+    keras_conv = lambda x, w: ops.conv(x, w, strides=strides, padding="valid")  # noqa: E731
+    actual = to_numpy(compiled(ours)(images.value, weights.value))
+    np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-4)
+    (value, grads), (expected_value, expected_grads) = (
+        gradients(loss(ours), [images, weights]), gradients(loss(keras_conv), [images, weights])
+    )
+    np.testing.assert_allclose(value, expected_value, rtol=1e-5)
+    for grad, expected_grad in zip(grads, expected_grads):
+        np.testing.assert_allclose(grad, expected_grad, rtol=1e-5, atol=1e-4)
 
 
 def test_mix_channels_is_a_1x1_convolution():

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import keras_deepvit
-from helpers import rel_l2, to_numpy
+from helpers import infer, rel_l2, to_numpy
 from keras_deepvit.weights import keras_to_torch_state_dict, load_torch_state_dict
 
 torch = pytest.importorskip("torch")
@@ -59,7 +59,7 @@ def compare(name, size, batch, seed, directory):
         name, weights=path, input_shape=(size, size, 3), classes=10, classifier_activation=None,
         include_preprocessing=False,
     )
-    actual = to_numpy(model(images, training=False))
+    actual = infer(model, images)
     error = rel_l2(actual, expected)
     assert error <= tolerance(model), (
         f"{name} at {size}: relative L2 error {error:.2e} vs float64 reference "
@@ -109,7 +109,7 @@ def test_timm_pit_naming_loads():
     images = np.random.default_rng(3).normal(size=(2, 48, 48, 3)).astype("float32")
     with torch.no_grad():
         expected = torch_model(torch.from_numpy(images.transpose(0, 3, 1, 2))).numpy()
-    assert rel_l2(to_numpy(model(images)), expected) <= RTOL
+    assert rel_l2(infer(model, images), expected) <= RTOL
 
 
 def test_mismatched_state_dict_is_refused_and_nothing_loads():

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import keras_deepvit
-from helpers import TINY_DIR, keras_kwargs_from_official, rel_l2, to_numpy
+from helpers import TINY_DIR, infer, keras_kwargs_from_official, rel_l2, to_numpy
 from keras_deepvit.models import DeepViT, PiT, RefinerViT
 from keras_deepvit.weights import keras_to_torch_state_dict, load_checkpoint
 from keras_deepvit.weights.resample import resample_map_embedding, resample_token_embedding
@@ -62,7 +62,7 @@ def test_official_fixture_through_weights_path(name, filename):
             model = fixture_model(meta, arrays, weights=path)
     else:
         model = fixture_model(meta, arrays, weights=path)
-    logits = to_numpy(model(arrays["input_nhwc"], training=False))
+    logits = infer(model, arrays["input_nhwc"])
     assert rel_l2(logits, arrays["logits"]) <= 1e-5
 
 
@@ -76,7 +76,7 @@ def test_create_model_takes_a_fixture_path():
         input_shape=arrays["input_nhwc"].shape[1:], include_preprocessing=False,
         classifier_activation=None, **kwargs,
     )
-    assert rel_l2(to_numpy(model(arrays["input_nhwc"])), arrays["logits"]) <= 1e-5
+    assert rel_l2(infer(model, arrays["input_nhwc"]), arrays["logits"]) <= 1e-5
 
 
 SMALL = {
@@ -100,7 +100,7 @@ def small_checkpoint(family_name, tmp_path, size=(224, 224)):
 def test_224_checkpoint_at_other_input_sizes(family_name, size, tmp_path):
     family, arch, state, path = small_checkpoint(family_name, tmp_path)
     model = family(input_shape=size + (3,), classifier_activation=None, weights=path, **arch)
-    out = to_numpy(model(np.random.default_rng(0).normal(size=(2,) + size + (3,)).astype("float32")))
+    out = infer(model, np.random.default_rng(0).normal(size=(2,) + size + (3,)).astype("float32"))
     assert out.shape == (2, 1000) and np.isfinite(out).all()
 
     loaded = keras_to_torch_state_dict(model)
@@ -123,7 +123,7 @@ def test_registered_pit_ti_224_checkpoint_at_384_and_64x48(tmp_path):
     safetensors_numpy.save_file(keras_to_torch_state_dict(donor), path)
     for size in [(384, 384), (64, 48)]:
         model = keras_deepvit.create_model("pit_ti", weights=path, input_shape=size + (3,))
-        probs = to_numpy(model(np.full((1,) + size + (3,), 128.0, "float32")))
+        probs = infer(model, np.full((1,) + size + (3,), 128.0, "float32"))
         assert probs.shape == (1, 1000) and abs(probs.sum() - 1) < 1e-4
 
 

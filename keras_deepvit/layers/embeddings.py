@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from keras_deepvit.layers.map_ops import conv_valid
 from keras_deepvit.layers.torch_like import torch_batch_norm
 
 
@@ -30,6 +31,9 @@ class ConvPatchEmbedding(keras.layers.Layer):
 
     Call arguments:
         inputs: `(batch, height, width, channels)` image tensor.
+        training: bool; a training step of a trainable layer computes the
+            convolution in the form that is fastest to differentiate
+            (`map_ops.conv_valid`), with the same result.
 
     Returns:
         A `(batch, grid_h, grid_w, embed_dim)` feature map with
@@ -57,8 +61,8 @@ class ConvPatchEmbedding(keras.layers.Layer):
         )
         self.conv.build(input_shape)
 
-    def call(self, inputs):
-        return self.conv(inputs)
+    def call(self, inputs, training=None):
+        return _conv(self.conv, inputs, training and self.trainable)
 
     def compute_output_shape(self, input_shape):
         return self.conv.compute_output_shape(input_shape)
@@ -93,7 +97,9 @@ class ConvStemPatchEmbedding(keras.layers.Layer):
 
     Call arguments:
         inputs: `(batch, height, width, channels)` image tensor.
-        training: bool, BatchNorm mode.
+        training: bool, BatchNorm mode; a training step of a trainable layer
+            also computes the convolutions in the form that is fastest to
+            differentiate (`map_ops.conv_valid`), with the same result.
 
     Returns:
         A `(batch, grid_h, grid_w, embed_dim)` feature map.
@@ -141,12 +147,13 @@ class ConvStemPatchEmbedding(keras.layers.Layer):
         self._output_shape = self.proj.compute_output_shape(shape)
 
     def call(self, inputs, training=None):
+        differentiated = bool(training and self.trainable)
         x = inputs
         for i, (conv, norm) in enumerate(zip(self.stem_convs, self.stem_norms)):
             pad = 3 if i == 0 else 1
             x = ops.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-            x = ops.relu(norm(conv(x), training=training))
-        return self.proj(x)
+            x = ops.relu(norm(_conv(conv, x, differentiated), training=training))
+        return _conv(self.proj, x, differentiated)
 
     def compute_output_shape(self, input_shape):
         if not self.built:
@@ -163,6 +170,18 @@ class ConvStemPatchEmbedding(keras.layers.Layer):
             }
         )
         return config
+
+
+def _conv(layer, inputs, differentiated):
+    """`layer(inputs)` for a "valid" `Conv2D`, computed by `map_ops.conv_valid`.
+
+    The `Conv2D` layer owns the weights (and their names in checkpoints); the
+    function picks the fastest form of the convolution for the backend.
+    """
+    outputs = conv_valid(inputs, layer.kernel, layer.strides, differentiated=bool(differentiated))
+    if layer.use_bias:
+        outputs = outputs + ops.cast(layer.bias, outputs.dtype)
+    return outputs
 
 
 def _grow(size, amount):
