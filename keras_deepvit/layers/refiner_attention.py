@@ -240,9 +240,7 @@ class RefinerAttention(MultiHeadSelfAttention):
         else:
             q, k, v = self.split_heads(self.qkv(inputs), 3)
             # The official code scales q and k by sqrt(scale) each, not the logits.
-            root = ops.cast(scale**0.5, q.dtype)
-            logits = ops.einsum("bqhd,bkhd->bhqk", q * root, k * root)
-            attention = ops.cast(ops.softmax(ops.cast(logits, "float32"), axis=-1), q.dtype)
+            attention = self.attention_maps(q, k, query_scale=scale**0.5)
             if previous_attention is not None:
                 attention = attention + ops.cast(previous_attention, attention.dtype) * ops.cast(
                     scale, attention.dtype
