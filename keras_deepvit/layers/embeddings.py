@@ -147,7 +147,7 @@ class ConvStemPatchEmbedding(keras.layers.Layer):
         self._output_shape = self.proj.compute_output_shape(shape)
 
     def call(self, inputs, training=None):
-        differentiated = bool(training and self.trainable)
+        differentiated = training and self.trainable
         x = inputs
         for i, (conv, norm) in enumerate(zip(self.stem_convs, self.stem_norms)):
             pad = 3 if i == 0 else 1
