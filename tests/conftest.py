@@ -7,6 +7,15 @@ import tempfile
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# XLA (JAX, and TensorFlow's jit_compile) compiles every program with LLVM at -O2 by
+# default; the suite's programs are small and run once, so compiling dominates: at -O0
+# the JAX run of tests/test_models.py + test_rematerialization.py took 298 s against
+# 432 s. The graph XLA optimises (fusion, layout, algebraic passes) is the same at every
+# level, and without fast-math LLVM may not reorder float arithmetic at any level, so
+# the tests check the same computation. Benchmarks and users keep the default.
+_O0 = "--xla_backend_optimization_level=0"
+if _O0 not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_O0}".strip()
 # Tests never touch the user's cache or the network: weights="imagenet" outside a test
 # that sets up its own loopback server finds an empty mirror and fails at once.
 _SANDBOX = tempfile.mkdtemp(prefix="keras_deepvit_tests_")

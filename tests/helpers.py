@@ -39,6 +39,25 @@ def infer(model, inputs):
     return to_numpy(model(inputs, training=False))
 
 
+def train_forward(model, inputs):
+    """A model's training-mode outputs (`training=True`) as numpy, compiled on JAX.
+
+    On JAX this is `model.stateless_call` under `jax.jit` (see `infer`), so the
+    BatchNorm statistics the call updates stay out of the model; elsewhere it is
+    an eager call.
+    """
+    if keras.backend.backend() == "jax":
+        import jax
+
+        def call(trainable, non_trainable, x):
+            outputs, _ = model.stateless_call(trainable, non_trainable, x, training=True)
+            return outputs
+
+        values = [[v.value for v in vs] for vs in (model.trainable_variables, model.non_trainable_variables)]
+        return to_numpy(jax.jit(call)(*values, inputs))
+    return to_numpy(model(inputs, training=True))
+
+
 def compiled(fn):
     """`fn` compiled with `jax.jit` on JAX (see `infer`), as it is elsewhere."""
     if keras.backend.backend() == "jax":

@@ -44,10 +44,5 @@ def test_remat_round_trips_through_config():
     assert clone.get_config()["rematerialize_blocks"] is True
 
 
-@pytest.mark.parametrize("family", sorted(SMALL))
-def test_remat_with_stochastic_depth_trains(family):
-    model = small(family, rematerialize_blocks=True, drop_path_rate=0.2)
-    model.compile(optimizer=keras.optimizers.AdamW(1e-3), loss="sparse_categorical_crossentropy")
-    history = model.fit(IMAGES, LABELS, epochs=2, batch_size=2, verbose=0)
-    assert np.all(np.isfinite(history.history["loss"]))
-    assert all(np.all(np.isfinite(to_numpy(v))) for v in model.weights)
+# Training with stochastic depth and dropout through rematerialised blocks (`fit`):
+# tests/test_models.py::test_fit_step_and_probabilities.

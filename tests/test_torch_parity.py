@@ -6,20 +6,35 @@ weights and random BatchNorm statistics, eval mode.
 
 Small configs: every variant at its real width and depth on a small image
 (resolution variants share their base model's architecture and are covered by
-it). Full size at 224x224: one model per family.
+it), on the PyTorch backend; one variant per code path on the XLA backends
+(`XLA_VARIANTS`). Full size at 224x224: one model per family, every backend.
 """
 
+import keras
 import numpy as np
 import pytest
 
 import keras_deepvit
-from helpers import infer, rel_l2, to_numpy
+from helpers import infer, rel_l2, train_forward
 from keras_deepvit.weights import keras_to_torch_state_dict, load_torch_state_dict
 
 torch = pytest.importorskip("torch")
 from keras_deepvit.testing import torch_reference as ref  # noqa: E402
 
 BASE_VARIANTS = [n for n in keras_deepvit.list_models() if not n.endswith(("_384", "_448"))]
+#: A registered configuration (depth, widths, which blocks re-attend, refine or share)
+#: is the same on every backend, so the PyTorch backend, which runs these eagerly
+#: without compiling, checks every variant. The XLA backends (TensorFlow, JAX), where
+#: each new model costs compilations, check one variant per code path: CNN stem with
+#: scaled re-attention in the last blocks (deepvit_s), patch stem re-attending in every
+#: block (deepvit_16), no re-attention (vit_16_baseline), head expansion 6 and 3
+#: (refiner_s, refiner_m), PiT with 16/8 and distilled 14/7 patches (pit_ti,
+#: pit_b_distilled). The full-size and fixture parity tests run on every backend.
+XLA_VARIANTS = [
+    "deepvit_s", "deepvit_16", "vit_16_baseline", "refiner_s", "refiner_m", "pit_ti",
+    "pit_b_distilled",
+]
+SMALL_CONFIG_VARIANTS = BASE_VARIANTS if keras.backend.backend() == "torch" else XLA_VARIANTS
 #: The official tolerance: float32 noise grows with depth (fp32 vs fp64 reaches 6.7e-6
 #: on the 32-block DeepViT-L), so 24/32-block models get 1e-4, the others 1e-5.
 #: The target is the reference run in float64: our float32 error and the reference's
@@ -68,7 +83,7 @@ def compare(name, size, batch, seed, directory):
     return model, state
 
 
-@pytest.mark.parametrize("name", BASE_VARIANTS)
+@pytest.mark.parametrize("name", SMALL_CONFIG_VARIANTS)
 def test_small_config_parity(name, tmp_path):
     model, state = compare(name, size=32 if not name.startswith("pit") else 48, batch=2, seed=7,
                            directory=tmp_path)
@@ -144,5 +159,5 @@ def test_training_mode_forward(name, tmp_path):
         name, weights=path, input_shape=(48, 48, 3), classes=10, classifier_activation=None,
         include_preprocessing=False,
     )
-    actual = to_numpy(model(images, training=True))
+    actual = train_forward(model, images)
     assert rel_l2(actual, expected) <= RTOL
