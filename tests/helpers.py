@@ -21,6 +21,8 @@ def to_numpy(x):
         return {k: to_numpy(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
         return type(x)(to_numpy(v) for v in x)
+    if isinstance(x, keras.Variable):
+        x = x.value
     if hasattr(x, "detach"):  # a torch tensor that requires grad
         x = x.detach()
     return np.asarray(keras.ops.convert_to_numpy(x))

@@ -137,3 +137,38 @@ def test_re_attention_fold_equals_mix_then_batch_norm():
     expected = to_numpy(layer.var_norm(mixed, training=False)) * layer.scale
     actual = to_numpy(layer.transform_attention(ops.convert_to_tensor(maps), training=False))
     np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("axis,shape", [(1, (3, 5, 6, 6)), (-1, (3, 6, 6, 5))])
+def test_fused_training_batch_norm_equals_keras_batch_norm(axis, shape):
+    """Outputs, gradients (inputs, gamma, beta) and moving statistics of a training call;
+    PyTorch runs its fused kernel, the other backends Keras' own layer."""
+    rng = np.random.default_rng(4)
+    # A small variance, so an eps (1e-5) out of place in the moving variance would show.
+    images = rng.normal(0.0, 0.02, shape).astype("float32")
+    target = rng.normal(size=shape).astype("float32")
+    channels = shape[axis]
+    gamma, beta = rng.normal(1.0, 0.2, channels), rng.normal(0.0, 0.2, channels)
+    results = []
+    for layer in (
+        torch_like.FusedTrainingBatchNormalization(axis=axis, epsilon=1e-5, momentum=0.9),
+        keras.layers.BatchNormalization(axis=axis, epsilon=1e-5, momentum=0.9),
+    ):
+        layer.build(shape)
+        layer.gamma.assign(gamma.astype("float32"))
+        layer.beta.assign(beta.astype("float32"))
+        layer.moving_variance.assign(np.zeros(channels, "float32"))  # moving = 0.1 x batch's
+        inputs = keras.Variable(images)
+        outputs = to_numpy(layer(inputs, training=True))
+        moving = [to_numpy(layer.moving_mean), to_numpy(layer.moving_variance)]
+        _, grads = gradients(
+            lambda layer=layer, inputs=inputs: ops.sum(ops.multiply(layer(inputs, training=True), target)),
+            [inputs, layer.gamma, layer.beta],
+        )
+        results.append((outputs, moving, grads))
+    (fused, fused_moving, fused_grads), (plain, plain_moving, plain_grads) = results
+    np.testing.assert_allclose(fused, plain, atol=2e-5)
+    for a, b in zip(fused_moving, plain_moving):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-9)
+    for a, b in zip(fused_grads, plain_grads):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * np.abs(b).max())
