@@ -79,7 +79,7 @@ class FusedTrainingBatchNormalization(keras.layers.BatchNormalization):
             # float64: exact to float32 rounding relative to variance + eps, the
             # quantity inference divides by.
             variance = (inverse_std.double() ** -2 - self.epsilon).clamp_(min=0).to(x.dtype)
-            for moving, batch in ((self.moving_mean, mean.detach()), (self.moving_variance, variance)):
+            for moving, batch in ((self.moving_mean, mean), (self.moving_variance, variance)):
                 current = ops.cast(moving, x.dtype)
                 moving.assign(current * self.momentum + batch * (1.0 - self.momentum))
         return ops.cast(outputs, self.compute_dtype)
