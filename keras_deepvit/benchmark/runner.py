@@ -166,6 +166,9 @@ def run_benchmark(
     except ImportError:
         torch_variants = ()
     peak_dtype = {"float32": "float32", "mixed_float16": "float16", "mixed_bfloat16": "bfloat16"}[dtype]
+    if not gpu and peak_dtype == "float16":
+        # PyTorch has no fast float16 GEMM on a CPU: a 2048-sized product takes minutes.
+        gemm_size = min(gemm_size, 512)
     peak = gemm_peak(size=gemm_size, device="cuda" if gpu else "cpu", dtype=peak_dtype)
     machine = machine_info()
     log(f"Machine: {machine['cpu']}, {machine['cores']} cores; "

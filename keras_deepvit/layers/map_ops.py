@@ -44,9 +44,24 @@ def has_fused_attention():
     >>> has_fused_attention() in (True, False)
     True
     """
+    return not xla_on_cpu()
+
+
+@functools.lru_cache(maxsize=None)
+def xla_on_cpu():
+    """Whether the backend compiles with XLA (JAX, TensorFlow) and has no accelerator.
+
+    The forms chosen here for XLA's CPU code generator (explicit attention,
+    im2col convolutions) are measured on a CPU only; on a GPU, XLA's own
+    operations call cuDNN.
+
+    Example:
+    >>> xla_on_cpu() in (True, False)
+    True
+    """
     if keras.backend.backend() == "torch":
-        return True
-    return any(not device.lower().startswith("cpu") for device in keras.distribution.list_devices())
+        return False
+    return all(device.lower().startswith("cpu") for device in keras.distribution.list_devices())
 
 
 def mix_channels(maps, kernel):
@@ -180,7 +195,8 @@ def conv_valid(inputs, kernel, strides=1, differentiated=False):
     PyTorch and TensorFlow (graph or XLA) run their own convolution (PyTorch on
     a contiguous NCHW copy: see `_torch_conv_valid`): TensorFlow's XLA build
     differentiates it fast (a DeepViT-S training step is 5 % slower with the
-    forms below). JAX's XLA:CPU does not, so on JAX:
+    forms below). JAX's XLA:CPU does not, so on JAX without an accelerator
+    (on a GPU, XLA's convolution is cuDNN's):
 
     - a kernel equal to its stride (a patchify projection) is a reshape and one
       matmul, faster both ways (DeepViT-S's 8x8/8 projection at batch 8: 85
@@ -215,6 +231,7 @@ def conv_valid(inputs, kernel, strides=1, differentiated=False):
     patchify = (kh, kw) == strides
     if (
         keras.backend.backend() != "jax"
+        or not xla_on_cpu()
         or None in tuple(inputs.shape[1:3])
         or not (patchify or differentiated)
     ):
