@@ -178,6 +178,20 @@ def check_model_round_trips(model, inputs, tmp_path):
     assert_same_outputs(fresh(inputs, training=False), expected)
 
 
+def compile_for_training(model, **compile_kwargs):
+    """`model.compile(**compile_kwargs)`, then the optimizer's variables built eagerly.
+
+    Without a distribution strategy, Keras' TensorFlow trainer creates the
+    optimizer's variables while tracing the first train step, and TensorFlow
+    then traces the step a second time: PiT-Ti's first `train_on_batch` took
+    42.6 s against 22.7 s with the optimizer built first. Other backends build
+    it before the step anyway; this only moves the work earlier.
+    """
+    model.compile(**compile_kwargs)
+    model.optimizer.build(model.trainable_variables)
+    return model
+
+
 def check_layer(layer_cls, init_kwargs, inputs, call_kwargs=None, tmp_path=None, train=True):
     """Config round trip, symbolic and eager calls, a fit step and `.keras` saving of a layer.
 
@@ -198,7 +212,7 @@ def check_layer(layer_cls, init_kwargs, inputs, call_kwargs=None, tmp_path=None,
     assert tuple(first.shape[1:]) == tuple(to_numpy(eager).shape[1:])
 
     if train and model.trainable_weights:
-        model.compile(optimizer=keras.optimizers.SGD(1e-3), loss="mse")
+        compile_for_training(model, optimizer=keras.optimizers.SGD(1e-3), loss="mse")
         target = np.zeros(to_numpy(eager).shape, "float32")
         history = model.fit(
             inputs if len(inputs) > 1 else inputs[0], target, epochs=1, batch_size=len(target), verbose=0

@@ -5,14 +5,16 @@ import keras
 import numpy as np
 import pytest
 
-from helpers import to_numpy
+from helpers import compile_for_training, to_numpy
 from test_models import IMAGES, SMALL, small
 
 LABELS = np.array([1, 3])
 
 
 def train_one_step(model):
-    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="sparse_categorical_crossentropy")
+    compile_for_training(
+        model, optimizer=keras.optimizers.SGD(0.1), loss="sparse_categorical_crossentropy"
+    )
     loss = model.train_on_batch(IMAGES, LABELS)
     return float(np.asarray(loss).reshape(-1)[0]), [to_numpy(v) for v in model.weights]
 

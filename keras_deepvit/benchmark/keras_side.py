@@ -73,6 +73,10 @@ class KerasContestant:
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
             jit_compile=jit_compile(variant),
         )
+        if mode == "train":
+            # Built now, not while TensorFlow traces the first step (which then
+            # traces it twice): PiT-Ti's first step took 42.6 s instead of 22.7 s.
+            self.model.optimizer.build(self.model.trainable_variables)
         # Device tensors up front: the timed step includes no host-to-device copy.
         self.images = keras.ops.convert_to_tensor(images)
         self.labels = keras.ops.convert_to_tensor(labels)
