@@ -87,6 +87,20 @@ def test_conv_valid_equals_keras_conv_with_its_gradients(size, kernel, strides, 
         np.testing.assert_allclose(grad, expected_grad, rtol=1e-5, atol=1e-4)
 
 
+def test_conv_valid_is_the_backend_convolution_off_xla_cpu(monkeypatch):
+    # With an accelerator, XLA's own convolution (cuDNN) is used even in a training
+    # step: the im2col form is for XLA:CPU only. Same op, so the same bits.
+    monkeypatch.setattr(map_ops, "xla_on_cpu", lambda: False)
+    images = RNG.normal(size=(2, 9, 10, 3)).astype("float32")
+    weights = RNG.normal(size=(3, 3, 3, 5)).astype("float32")
+    expected = to_numpy(ops.conv(images, weights, strides=(2, 2), padding="valid"))
+    actual = to_numpy(map_ops.conv_valid(images, weights, 2, differentiated=True))
+    if keras.backend.backend() == "torch":  # a contiguous NCHW copy: close, not bitwise
+        np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-5)
+    else:
+        np.testing.assert_array_equal(actual, expected)
+
+
 def test_mix_channels_is_a_1x1_convolution():
     maps = RNG.normal(size=(2, 3, 5, 5)).astype("float32")
     kernel = RNG.normal(size=(3, 7)).astype("float32")
