@@ -29,7 +29,6 @@ import keras
 from keras import ops
 
 
-@functools.lru_cache(maxsize=None)
 def has_fused_attention():
     """Whether `keras.ops.dot_product_attention` is the fastest attention here.
 
