@@ -61,6 +61,28 @@ def test_fused_and_explicit_attention_agree():
     np.testing.assert_allclose(to_numpy(maps).sum(-1), 1.0, atol=1e-5)
 
 
+@pytest.mark.parametrize(
+    "block_cls,kwargs",
+    [
+        (layers.TransformerBlock, dict(num_heads=2)),
+        (layers.ReAttentionBlock, dict(num_heads=4, transform_scale=True, scale_adjustment=0.5)),
+        (layers.ReAttentionBlock, dict(num_heads=4, apply_transform=False)),
+    ],
+)
+@pytest.mark.parametrize("training", [False, True])
+def test_query_tokens_are_rows_of_the_full_block(block_cls, kwargs, training):
+    # Training re-attention normalises with statistics over every map row, so its
+    # rows must be taken after the BatchNorm: the training case checks that.
+    block = block_cls(**kwargs)
+    block.build(TOKENS.shape)
+    full, full_maps = to_numpy(block(TOKENS, return_attention_scores=True, training=training))
+    rows = to_numpy(block(TOKENS, training=training, query_tokens=2))
+    assert rows.shape == (2, 2, 8)
+    np.testing.assert_allclose(rows, full[:, :2], rtol=1e-5, atol=1e-6)
+    _, maps = to_numpy(block(TOKENS, return_attention_scores=True, training=training, query_tokens=2))
+    np.testing.assert_allclose(maps, full_maps[:, :, :2], rtol=1e-5, atol=1e-6)
+
+
 def test_reattention_without_transform_is_plain_attention():
     plain = layers.MultiHeadSelfAttention(num_heads=4)
     re_attn = layers.ReAttention(num_heads=4, apply_transform=False)

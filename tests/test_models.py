@@ -100,6 +100,26 @@ def test_attention_model(family, tokens):
         assert len(maps) == 3 and all(m.shape == (2, 4, tokens, tokens) for m in maps)
 
 
+@pytest.mark.parametrize(
+    "family,last_block,kwargs,tokens",
+    [
+        ("deepvit", "blocks_2", {}, 1),
+        ("deepvit", "blocks_2", dict(include_top=False, pooling="token"), 1),
+        ("deepvit", "blocks_2", dict(include_top=False, pooling="avg"), 5),
+        ("pit", "transformers_1_blocks_0", {}, 2),
+        ("refiner", "blocks_2", {}, 5),  # the dense head reads every token
+    ],
+)
+def test_last_block_computes_only_the_tokens_the_output_reads(family, last_block, kwargs, tokens):
+    model = small(family, **kwargs)
+    # The class and distillation tokens, or all of them: the graph's own shape.
+    output = model.get_layer(last_block).output
+    output = output[0] if isinstance(output, (list, tuple)) else output  # refiner: (x, maps)
+    assert output.shape[1] == tokens
+    # That the logits are still the reference's is the parity suites' job
+    # (test_torch_parity.py, test_fixture_parity.py), which run these models.
+
+
 def test_mixed_precision_forward_and_fit():
     keras.mixed_precision.set_global_policy("mixed_bfloat16")  # float16 matmuls are GPU-only in XLA:CPU
     try:

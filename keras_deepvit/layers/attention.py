@@ -30,12 +30,20 @@ class MultiHeadSelfAttention(keras.layers.Layer):
     Call arguments:
         inputs: `(batch, tokens, dim)` tensor.
         return_attention_scores: bool; if True also return the attention maps
-            `(batch, heads, tokens, tokens)` that multiplied `v` (after any
+            `(batch, heads, queries, tokens)` that multiplied `v` (after any
             transform), in PyTorch's layout.
         training: bool.
+        query_tokens: None, or an int `r`: only the first `r` tokens are
+            queries (keys and values are still every token), so the output has
+            `r` tokens. Exact for those rows: every map row and every token's
+            output depends on its own query only (`transform_needs_all_queries`
+            says when a transform breaks that, and then the rows are taken
+            after it). A model whose output reads only its class token(s) calls
+            its last block this way.
 
     Returns:
-        `(batch, tokens, dim)`, or a tuple `(outputs, attention_maps)`.
+        `(batch, queries, dim)`, or a tuple `(outputs, attention_maps)`;
+        `queries` is `tokens`, or `query_tokens` when given.
 
     Example:
     >>> import numpy as np
@@ -90,6 +98,12 @@ class MultiHeadSelfAttention(keras.layers.Layer):
         """Override point: maps `(batch, heads, q, k)` softmax output to the maps used."""
         return attention
 
+    def transform_needs_all_queries(self, training=None):
+        """Override point: whether `transform_attention` mixes map rows in this call
+        (e.g. BatchNorm batch statistics over whole maps), so that `query_tokens`
+        rows can only be taken after it."""
+        return False
+
     def split_heads(self, x, parts):
         """`(batch, tokens, parts * dim)` -> `parts` tensors `(batch, heads, tokens, head_dim)`.
 
@@ -123,8 +137,11 @@ class MultiHeadSelfAttention(keras.layers.Layer):
     def output_projection(self, x, training=None):
         return self.proj_drop(self.proj(x), training=training)
 
-    def call(self, inputs, return_attention_scores=False, training=None):
+    def call(self, inputs, return_attention_scores=False, training=None, query_tokens=None):
         q, k, v = self.split_heads(self.qkv(inputs), 3)
+        rows_late = query_tokens is not None and self.transform_needs_all_queries(training)
+        if query_tokens is not None and not rows_late:
+            q = q[:, :, :query_tokens]
         use_fused = not (
             return_attention_scores
             or self.transforms_attention
@@ -138,6 +155,8 @@ class MultiHeadSelfAttention(keras.layers.Layer):
         attention = self.attention_maps(q, k)
         attention = self.attn_drop(attention, training=training)
         attention = self.transform_attention(attention, training=training)
+        if rows_late:
+            attention = attention[:, :, :query_tokens]
         out = self.output_projection(self.attend(attention, v), training=training)
         if return_attention_scores:
             return out, attention

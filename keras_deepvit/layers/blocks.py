@@ -100,9 +100,15 @@ class TransformerBlock(keras.layers.Layer):
         inputs: `(batch, tokens, dim)`.
         return_attention_scores: bool, also return the attention maps.
         training: bool.
+        query_tokens: None, or an int `r`: compute the block's output for the
+            first `r` tokens only (they still attend to every token), exactly
+            as those rows of the full output. The last block of a model whose
+            output reads only its class token(s) runs this way: its MLP and
+            attention output skip the patch tokens nothing reads.
 
     Returns:
-        `(batch, tokens, dim)`, or `(outputs, maps)`.
+        `(batch, tokens, dim)` (`(batch, r, dim)` with `query_tokens=r`), or
+        `(outputs, maps)`.
 
     Example:
     >>> import numpy as np
@@ -170,18 +176,24 @@ class TransformerBlock(keras.layers.Layer):
         """Whether this call recomputes its activations in the backward pass."""
         return self.rematerialize and bool(training) and not return_attention_scores
 
-    def call(self, inputs, return_attention_scores=False, training=None):
+    def call(self, inputs, return_attention_scores=False, training=None, query_tokens=None):
         if self.rematerializes(training, return_attention_scores):
-            return rematerialized_call(self, lambda x: self.forward(x, training=training), inputs)
-        return self.forward(inputs, return_attention_scores, training=training)
+            return rematerialized_call(
+                self, lambda x: self.forward(x, training=training, query_tokens=query_tokens), inputs
+            )
+        return self.forward(
+            inputs, return_attention_scores, training=training, query_tokens=query_tokens
+        )
 
-    def forward(self, inputs, return_attention_scores=False, training=None):
+    def forward(self, inputs, return_attention_scores=False, training=None, query_tokens=None):
         result = self.attn(
             self.norm1(self.scaled(inputs)),
             return_attention_scores=return_attention_scores, training=training,
+            query_tokens=query_tokens,
         )
         branch, maps = result if return_attention_scores else (result, None)
-        x = inputs + self.drop_path(self.unscaled(branch), training=training)
+        shortcut = inputs if query_tokens is None else inputs[:, :query_tokens]
+        x = shortcut + self.drop_path(self.unscaled(branch), training=training)
         x = self.residual_mlp(x, training=training)
         return (x, maps) if return_attention_scores else x
 

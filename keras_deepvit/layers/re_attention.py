@@ -81,6 +81,10 @@ class ReAttention(MultiHeadSelfAttention):
         kernel, bias = self.folded_mix()
         return self.mix_heads(attention, kernel, bias)
 
+    def transform_needs_all_queries(self, training=None):
+        # Training BatchNorm normalises with statistics over every row of the maps.
+        return self.apply_transform and batch_norm_uses_batch_statistics(self.var_norm, training)
+
     def folded_mix(self):
         """`(kernel, bias)`, float32, of the inference re-attention: mix, BatchNorm, scale."""
         scale, shift = batch_norm_fold(self.var_norm, bias=self.reatten_bias)

@@ -135,10 +135,15 @@ class DeepViT(VisionTransformerFamily):
     def trace(layers, inputs, return_attention_maps=False):
         x = common.vit_tokens(layers, inputs)
         maps = []
-        for block in layers.blocks:
+        last_queries = common.last_block_queries(
+            layers.include_top, layers.pooling, 1, return_attention_maps
+        )
+        for i, block in enumerate(layers.blocks):
             if return_attention_maps:
                 x, attention = block(x, return_attention_scores=True)
                 maps.append(attention)
+            elif i == len(layers.blocks) - 1 and last_queries is not None:
+                x = block(x, query_tokens=last_queries)
             else:
                 x = block(x)
         x = layers.norm(x)

@@ -146,6 +146,9 @@ class PiT(VisionTransformerFamily):
         x = layers.preprocessing(inputs) if layers.preprocessing is not None else inputs
         fmap = layers.pos_drop(layers.pos_embed(layers.patch_embed(x)))
         tokens, maps = None, []
+        last_queries = common.last_block_queries(
+            layers.include_top, layers.pooling, layers.num_tokens, return_attention_maps
+        )
         for s, stage in enumerate(layers.stages):
             height, width, channels = fmap.shape[1], fmap.shape[2], fmap.shape[3]
             spatial = ops.reshape(fmap, (-1, height * width, channels))
@@ -153,14 +156,18 @@ class PiT(VisionTransformerFamily):
                 x = layers.cls_token(spatial)
             else:
                 x = ops.concatenate([tokens, spatial], axis=1)
-            for block in stage:
+            for j, block in enumerate(stage):
+                last = s == len(layers.stages) - 1 and j == len(stage) - 1
                 if return_attention_maps:
                     x, attention = block(x, return_attention_scores=True)
                     maps.append(attention)
+                elif last and last_queries is not None:
+                    x = block(x, query_tokens=last_queries)
                 else:
                     x = block(x)
             tokens = x[:, : layers.num_tokens]
-            fmap = ops.reshape(x[:, layers.num_tokens :], (-1, height, width, channels))
+            if x.shape[1] > layers.num_tokens:  # else the last block returned only the tokens
+                fmap = ops.reshape(x[:, layers.num_tokens :], (-1, height, width, channels))
             if s < len(layers.pools):
                 fmap, tokens = layers.pools[s](fmap, tokens)
         maps = maps if return_attention_maps else None
