@@ -45,9 +45,10 @@ def test_depthwise_conv_valid_equals_the_keras_layer(stride, multiplier, size):
     np.testing.assert_allclose(channels_first.transpose(0, 2, 3, 1), expected, rtol=1e-5, atol=1e-5)
 
 
-def test_depthwise_conv_channels_first_pads_symmetrically():
+@pytest.mark.parametrize("size", [3, 5])
+def test_depthwise_conv_channels_first_pads_symmetrically(size):
     maps = RNG.normal(size=(2, 3, 6, 6)).astype("float32")
-    layer = keras.layers.DepthwiseConv2D(3, padding="same", use_bias=False)
+    layer = keras.layers.DepthwiseConv2D(size, padding="same", use_bias=False)
     expected = to_numpy(layer(maps.transpose(0, 2, 3, 1))).transpose(0, 3, 1, 2)
     actual = to_numpy(map_ops.depthwise_conv_channels_first(maps, layer.kernel))
     np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-5)

@@ -112,6 +112,13 @@ def depthwise_conv_channels_first(maps, kernel):
     size = kernel.shape[0]
     if size % 2 != 1 or kernel.shape[1] != size:
         raise ValueError(f"depthwise_conv_channels_first needs a square odd kernel, got {kernel.shape}.")
+    if keras.backend.backend() == "torch":
+        # An odd kernel's "same" padding is symmetric, which Keras hands to
+        # PyTorch's convolution as its `padding`: no padded copy of the maps and
+        # no slicing of their gradient (Refiner-ViT-S, batch 8: 340 against 400 ms
+        # forward and backward per 72-channel map convolution).
+        kernel = ops.cast(kernel, maps.dtype)
+        return ops.depthwise_conv(maps, kernel, padding="same", data_format="channels_first")
     pad = size // 2
     padded = ops.pad(maps, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
     return depthwise_conv_valid(padded, kernel, data_format="channels_first")
