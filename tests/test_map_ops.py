@@ -52,6 +52,9 @@ def test_depthwise_conv_channels_first_pads_symmetrically(size):
     expected = to_numpy(layer(maps.transpose(0, 2, 3, 1))).transpose(0, 3, 1, 2)
     actual = to_numpy(map_ops.depthwise_conv_channels_first(maps, layer.kernel))
     np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-5)
+    bias = RNG.normal(size=(3,)).astype("float32")
+    actual = to_numpy(map_ops.depthwise_conv_channels_first(maps, layer.kernel, bias=bias))
+    np.testing.assert_allclose(actual, expected + bias[None, :, None, None], rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="square odd kernel"):
         map_ops.depthwise_conv_channels_first(maps, np.zeros((2, 2, 3, 1), "float32"))
 
@@ -107,6 +110,11 @@ def test_mix_channels_is_a_1x1_convolution():
     kernel = RNG.normal(size=(3, 7)).astype("float32")
     expected = np.einsum("bcqk,cd->bdqk", maps, kernel)
     np.testing.assert_allclose(to_numpy(map_ops.mix_channels(maps, kernel)), expected, rtol=1e-5, atol=1e-5)
+    bias = RNG.normal(size=(1, 7, 1, 1)).astype("float32")
+    residual = RNG.normal(size=(2, 7, 5, 5)).astype("float32")
+    for addend in (bias, residual):
+        actual = to_numpy(map_ops.mix_channels(maps, kernel, addend=addend))
+        np.testing.assert_allclose(actual, expected + addend, rtol=1e-5, atol=1e-5)
 
 
 def test_batch_norm_fold_equals_inference_batch_norm():

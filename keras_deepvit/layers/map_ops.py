@@ -63,12 +63,16 @@ def xla_on_cpu():
     return all(device.lower().startswith("cpu") for device in keras.distribution.list_devices())
 
 
-def mix_channels(maps, kernel):
-    """`out[b, d] = sum_c kernel[c, d] * maps[b, c]`: a 1x1 convolution over the channel axis.
+def mix_channels(maps, kernel, addend=None):
+    """`out[b, d] = sum_c kernel[c, d] * maps[b, c] (+ addend)`: a 1x1 convolution over the channel axis.
 
     Args:
         maps: `(batch, channels, rows, cols)`.
         kernel: `(channels, out_channels)` (a Keras `Dense` kernel's orientation).
+        addend: optional, broadcastable to the output as `(1 or batch, out_channels,
+            1 or rows, 1 or cols)`: a per-channel bias or a residual. PyTorch adds it
+            inside the matmul (`baddbmm`), which saves a pass over the output;
+            XLA fuses the add anyway.
 
     Returns:
         `(batch, out_channels, rows, cols)`.
@@ -86,11 +90,20 @@ def mix_channels(maps, kernel):
     kernel = ops.cast(kernel, maps.dtype)
     flat = ops.reshape(maps, (batch, channels, -1))
     weights = ops.broadcast_to(ops.transpose(kernel)[None], (batch, out_channels, channels))
-    return ops.reshape(ops.matmul(weights, flat), (batch, out_channels, rows, cols))
+    if addend is not None and keras.backend.backend() == "torch":
+        import torch
+
+        addend = ops.cast(addend, maps.dtype)
+        addend = addend.expand(addend.shape[0], out_channels, rows, cols)
+        addend = addend.reshape(addend.shape[0], out_channels, rows * cols)
+        return torch.baddbmm(addend, weights, flat).reshape(batch, out_channels, rows, cols)
+    out = ops.reshape(ops.matmul(weights, flat), (batch, out_channels, rows, cols))
+    return out if addend is None else out + ops.cast(addend, maps.dtype)
 
 
-def depthwise_conv_channels_first(maps, kernel):
-    """Depthwise convolution of `(batch, channels, rows, cols)` maps, stride 1, "same" size.
+def depthwise_conv_channels_first(maps, kernel, bias=None):
+    """Depthwise convolution of `(batch, channels, rows, cols)` maps, stride 1, "same" size,
+    plus an optional per-channel `bias` (added inside PyTorch's convolution).
 
     Zero padding is symmetric (the kernel size must be odd), as PyTorch's
     `Conv2d(padding=k // 2)`.
@@ -113,15 +126,23 @@ def depthwise_conv_channels_first(maps, kernel):
     if size % 2 != 1 or kernel.shape[1] != size:
         raise ValueError(f"depthwise_conv_channels_first needs a square odd kernel, got {kernel.shape}.")
     if keras.backend.backend() == "torch":
-        # An odd kernel's "same" padding is symmetric, which Keras hands to
-        # PyTorch's convolution as its `padding`: no padded copy of the maps and
-        # no slicing of their gradient (Refiner-ViT-S, batch 8: 340 against 400 ms
-        # forward and backward per 72-channel map convolution).
-        kernel = ops.cast(kernel, maps.dtype)
-        return ops.depthwise_conv(maps, kernel, padding="same", data_format="channels_first")
+        # The symmetric padding goes to PyTorch's convolution as its `padding`: no
+        # padded copy of the maps and no slicing of their gradient (Refiner-ViT-S,
+        # batch 8: 340 against 400 ms forward and backward per 72-channel map
+        # convolution), and the bias is added by the kernel.
+        import torch
+
+        maps = ops.convert_to_tensor(maps)
+        weights = ops.cast(kernel, maps.dtype).permute(2, 3, 0, 1)
+        if bias is not None:
+            bias = ops.cast(bias, maps.dtype)
+        return torch.nn.functional.conv2d(
+            maps, weights, bias, padding=size // 2, groups=maps.shape[1]
+        )
     pad = size // 2
     padded = ops.pad(maps, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
-    return depthwise_conv_valid(padded, kernel, data_format="channels_first")
+    out = depthwise_conv_valid(padded, kernel, data_format="channels_first")
+    return out if bias is None else out + ops.cast(bias, out.dtype)[None, :, None, None]
 
 
 def depthwise_conv_valid(inputs, kernel, strides=1, data_format="channels_last"):

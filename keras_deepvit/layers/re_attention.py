@@ -99,8 +99,8 @@ class ReAttention(MultiHeadSelfAttention):
 
         `kernel` is `(out_head, in_head)`, the official 1x1 convolution's orientation.
         """
-        mixed = mix_channels(attention, ops.transpose(kernel))
-        return mixed + ops.cast(bias, attention.dtype)[None, :, None, None]
+        bias = ops.cast(bias, attention.dtype)[None, :, None, None]
+        return mix_channels(attention, ops.transpose(kernel), addend=bias)
 
     def get_config(self):
         config = super().get_config()

@@ -120,10 +120,10 @@ class DistributedLocalAttention(keras.layers.Layer):
         if self.conv_exp is not None:
             scale, shift = batch_norm_fold(self.bn1)
             kernel = ops.cast(self.conv_exp.kernel, "float32") * scale[None, :]
-            x = ops.relu6(mix_channels(x, kernel) + channel_bias(shift))
+            x = ops.relu6(mix_channels(x, kernel, addend=channel_bias(shift)))
         scale, shift = batch_norm_fold(self.bn2)
         kernel = ops.cast(self.depth_sep_conv.kernel, "float32") * scale[None, None, :, None]
-        x = ops.relu6(depthwise_conv_channels_first(x, kernel) + channel_bias(shift))
+        x = ops.relu6(depthwise_conv_channels_first(x, kernel, bias=shift))
         scale, shift = batch_norm_fold(self.bn3)
         identity = inputs
         if output_scale is not None:
@@ -134,7 +134,7 @@ class DistributedLocalAttention(keras.layers.Layer):
         if output_shift is not None:
             shift = shift + ops.cast(output_shift, "float32")
         kernel = ops.cast(self.conv_pro.kernel, "float32") * scale[None, :]
-        return mix_channels(x, kernel) + channel_bias(shift) + identity
+        return mix_channels(x, kernel, addend=identity + channel_bias(shift))
 
     def compute_output_shape(self, input_shape):
         return input_shape
