@@ -90,15 +90,16 @@ def mix_channels(maps, kernel, addend=None):
     kernel = ops.cast(kernel, maps.dtype)
     flat = ops.reshape(maps, (batch, channels, -1))
     weights = ops.broadcast_to(ops.transpose(kernel)[None], (batch, out_channels, channels))
+    if addend is not None:
+        addend = ops.cast(addend, maps.dtype)
     if addend is not None and keras.backend.backend() == "torch":
         import torch
 
-        addend = ops.cast(addend, maps.dtype)
         addend = addend.expand(addend.shape[0], out_channels, rows, cols)
         addend = addend.reshape(addend.shape[0], out_channels, rows * cols)
         return torch.baddbmm(addend, weights, flat).reshape(batch, out_channels, rows, cols)
     out = ops.reshape(ops.matmul(weights, flat), (batch, out_channels, rows, cols))
-    return out if addend is None else out + ops.cast(addend, maps.dtype)
+    return out if addend is None else out + addend
 
 
 def depthwise_conv_channels_first(maps, kernel, bias=None):
