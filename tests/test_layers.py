@@ -83,6 +83,40 @@ def test_query_tokens_are_rows_of_the_full_block(block_cls, kwargs, training):
     np.testing.assert_allclose(maps, full_maps[:, :, :2], rtol=1e-5, atol=1e-6)
 
 
+SPEC_CASES = [
+    (layers.MultiHeadSelfAttention, dict(num_heads=2), dict(return_attention_scores=True)),
+    (layers.MultiHeadSelfAttention, dict(num_heads=2), dict(query_tokens=1)),
+    (layers.ReAttention, dict(num_heads=4), dict(return_attention_scores=True, query_tokens=2)),
+    (layers.RefinerAttention, dict(num_heads=4, refine_attention=True), dict(return_attention_scores=True)),
+    (layers.RefinerAttention, dict(num_heads=4, share_attention=True), dict(previous_attention=MAPS)),
+    (layers.TransformerBlock, dict(num_heads=2), {}),
+    (layers.ReAttentionBlock, dict(num_heads=4), dict(return_attention_scores=True, query_tokens=1)),
+    (layers.RefinerBlock, dict(num_heads=4), {}),
+    (layers.RefinerBlock, dict(num_heads=4), dict(previous_attention=MAPS, return_attention_scores=True)),
+    (layers.RefinerBlock, dict(num_heads=4, share_attention=True), dict(previous_attention=MAPS)),
+]
+
+
+@pytest.mark.parametrize("layer_cls,kwargs,call_kwargs", SPEC_CASES)
+@pytest.mark.parametrize("policy", ["float32", "mixed_bfloat16"])
+def test_symbolic_outputs_are_the_eager_outputs(layer_cls, kwargs, call_kwargs, policy):
+    # Attention layers and blocks give their symbolic outputs by arithmetic
+    # (`compute_output_spec`), not by tracing `call`: same structure, shapes, dtypes.
+    layer = layer_cls(dtype=policy, **kwargs)
+    symbolic_kwargs = {
+        k: keras.KerasTensor((None, *v.shape[1:])) if isinstance(v, np.ndarray) else v
+        for k, v in call_kwargs.items()
+    }
+    specs = layer(keras.KerasTensor((None, *TOKENS.shape[1:])), **symbolic_kwargs)
+    outputs = layer(TOKENS, **call_kwargs)
+    assert isinstance(specs, keras.KerasTensor) == (not isinstance(outputs, (tuple, list)))
+    specs, outputs = keras.tree.flatten(specs), keras.tree.flatten(outputs)
+    assert len(specs) == len(outputs)
+    for spec, output in zip(specs, outputs):
+        assert spec.shape == (None, *output.shape[1:])
+        assert spec.dtype == keras.backend.standardize_dtype(output.dtype)
+
+
 def test_reattention_without_transform_is_plain_attention():
     plain = layers.MultiHeadSelfAttention(num_heads=4)
     re_attn = layers.ReAttention(num_heads=4, apply_transform=False)

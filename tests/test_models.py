@@ -1,13 +1,15 @@
 """Every family model: config round trip, `.keras` saving, symbolic + eager calls,
 a fit step, the keras.applications options, and clear errors for bad arguments."""
 
+import inspect
+
 import keras
 import numpy as np
 import pytest
 
 import keras_deepvit
 from helpers import check_model_round_trips, compile_for_training, infer, to_numpy
-from keras_deepvit.models import DeepViT, PiT, RefinerViT
+from keras_deepvit.models import DeepViT, PiT, RefinerViT, constructors
 
 SMALL = {
     "deepvit": (DeepViT, dict(depth=3, embed_dim=24, num_heads=4, re_attention=[False, True, True],
@@ -170,13 +172,44 @@ def test_pit_rejects_tiny_images():
         PiT(base_dims=(4,), depth=(1,), heads=(2,), input_shape=(8, 8, 3))
 
 
-@pytest.mark.parametrize("constructor", keras_deepvit.models.CONSTRUCTORS)
-def test_constructors_match_the_registry(constructor):
+CONSTRUCTORS = keras_deepvit.models.CONSTRUCTORS
+#: Building is the same Python on every backend, but on TensorFlow and JAX each new
+#: model costs compilations (JAX compiles every initializer shape): they build one
+#: constructor per family; the PyTorch backend builds every one at full size.
+BUILT_CONSTRUCTORS = (
+    CONSTRUCTORS if keras.backend.backend() == "torch" else ["DeepViTS", "RefinerViTS", "PiTTiDistilled"]
+)
+
+
+def constructor_variant(constructor):
+    return inspect.signature(getattr(keras_deepvit, constructor)).parameters["name"].default
+
+
+@pytest.mark.parametrize("constructor", CONSTRUCTORS)
+def test_constructors_pass_every_argument_to_their_variant(constructor, monkeypatch):
+    calls = []
+    monkeypatch.setattr(constructors, "create_model", lambda variant, **kw: calls.append((variant, kw)))
+    arguments = dict(
+        include_top=False, weights="w.weights.h5", input_tensor=None, input_shape=(64, 48, 3),
+        pooling="avg", classes=7, classifier_activation=None, include_preprocessing=False,
+        drop_path_rate=0.1, name="custom", depth=2,
+    )
+    getattr(keras_deepvit, constructor)(**arguments)
+    ((variant, passed),) = calls
+    assert variant == constructor_variant(constructor) and variant in keras_deepvit.list_models()
+    assert {k: passed[k] for k in arguments} == arguments
+
+
+@pytest.mark.parametrize("constructor", BUILT_CONSTRUCTORS)
+def test_constructors_build_the_official_model(constructor):
+    info = keras_deepvit.variant_info(constructor_variant(constructor))
+    model = getattr(keras_deepvit, constructor)()
+    assert model.input_shape == (None, info["size"], info["size"], 3)
+    assert model.output_shape == (None, 1000)
+    # The official count: parameters, not BatchNorm statistics.
+    assert sum(int(np.prod(w.shape)) for w in model.trainable_weights) == info["params"]
     model = getattr(keras_deepvit, constructor)(input_shape=(64, 64, 3), classes=4, name="custom")
-    assert model.name == "custom"
-    assert model.output_shape == (None, 4)
-    variant = model.get_config()
-    assert variant["classes"] == 4 and variant["include_top"]
+    assert model.name == "custom" and model.output_shape == (None, 4)
 
 
 def test_create_model_errors():

@@ -162,6 +162,19 @@ class MultiHeadSelfAttention(keras.layers.Layer):
             return out, attention
         return out
 
+    def compute_output_spec(
+        self, inputs, return_attention_scores=False, training=None, query_tokens=None
+    ):
+        """Shapes by arithmetic, not by tracing `call`: building a 32-block model
+        on TensorFlow or JAX traced every block's whole computation."""
+        batch, tokens, dim = inputs.shape
+        queries = tokens if query_tokens is None else query_tokens
+        out = keras.KerasTensor((batch, queries, dim), dtype=self.compute_dtype)
+        if not return_attention_scores:
+            return out
+        maps = keras.KerasTensor((batch, self.num_heads, queries, tokens), dtype=self.compute_dtype)
+        return out, maps
+
     def get_config(self):
         config = super().get_config()
         config.update(

@@ -197,6 +197,15 @@ class TransformerBlock(keras.layers.Layer):
         x = self.residual_mlp(x, training=training)
         return (x, maps) if return_attention_scores else x
 
+    def compute_output_spec(
+        self, inputs, return_attention_scores=False, training=None, query_tokens=None
+    ):
+        # The attention's output is the block's (same tokens, same width): shapes by
+        # arithmetic instead of a trace of the whole block per symbolic call.
+        return self.attn.compute_output_spec(
+            inputs, return_attention_scores=return_attention_scores, query_tokens=query_tokens
+        )
+
     def get_config(self):
         config = super().get_config()
         config.update(
@@ -318,6 +327,13 @@ class RefinerBlock(TransformerBlock):
         if return_attention_scores:
             return x, next_attention, result[2]
         return x, next_attention
+
+    def compute_output_spec(
+        self, inputs, previous_attention=None, return_attention_scores=False, training=None
+    ):
+        return self.attn.compute_output_spec(
+            inputs, previous_attention, return_attention_scores=return_attention_scores
+        )
 
     def get_config(self):
         config = super().get_config()

@@ -226,14 +226,17 @@ class RefinerAttention(MultiHeadSelfAttention):
             refined = refined * ops.cast(multiplier, refined.dtype)
         return refined
 
+    def check_previous_attention(self, previous_attention):
+        if self.share_attention and previous_attention is None:
+            raise ValueError(
+                f"Layer '{self.name}' shares attention maps, so it needs the previous "
+                "block's maps; the first block of a Refiner-ViT must compute attention."
+            )
+
     def call(self, inputs, previous_attention=None, return_attention_scores=False, training=None):
+        self.check_previous_attention(previous_attention)
         scale = self.scale
         if self.share_attention:
-            if previous_attention is None:
-                raise ValueError(
-                    f"Layer '{self.name}' shares attention maps, so it needs the previous "
-                    "block's maps; the first block of a Refiner-ViT must compute attention."
-                )
             (v,) = self.split_heads(self.qkv(inputs), 1)
             attention = self.transform_attention(previous_attention, training=training, multiplier=scale)
             next_attention = previous_attention
@@ -252,6 +255,19 @@ class RefinerAttention(MultiHeadSelfAttention):
         if return_attention_scores:
             return out, next_attention, attention
         return out, next_attention
+
+    def compute_output_spec(
+        self, inputs, previous_attention=None, return_attention_scores=False, training=None
+    ):
+        self.check_previous_attention(previous_attention)
+        out, maps = super().compute_output_spec(inputs, return_attention_scores=True)
+        if self.share_attention:
+            maps = previous_attention
+        # Every output a tensor of its own: returning an input is a cycle in the graph.
+        like_maps = lambda: keras.KerasTensor(maps.shape, dtype=maps.dtype)  # noqa: E731
+        if return_attention_scores:
+            return out, like_maps(), like_maps()
+        return out, like_maps()
 
     def get_config(self):
         config = super().get_config()
