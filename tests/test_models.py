@@ -185,6 +185,14 @@ def constructor_variant(constructor):
     return inspect.signature(getattr(keras_deepvit, constructor)).parameters["name"].default
 
 
+@pytest.mark.parametrize("family", sorted(SMALL))
+def test_every_layer_is_built_with_the_model(family):
+    # An unbuilt layer makes Keras-JAX's first `predict_on_batch`/`fit` run the whole
+    # model eagerly, op by op, to build it.
+    model = small(family, drop_path_rate=0.1)
+    assert [layer.name for layer in model._flatten_layers() if not layer.built] == []
+
+
 @pytest.mark.parametrize("constructor", CONSTRUCTORS)
 def test_constructors_pass_every_argument_to_their_variant(constructor, monkeypatch):
     calls = []

@@ -39,6 +39,9 @@ class DropPath(keras.layers.Layer):
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
         self.supports_masking = True
+        # No weights: built from the start, as Keras' Dropout. A model with an unbuilt
+        # layer makes JAX's first predict/fit call the whole model eagerly to build it.
+        self.built = True
 
     def call(self, inputs, training=None):
         if not training or self.rate == 0.0:
