@@ -95,7 +95,10 @@ class MultiHeadSelfAttention(keras.layers.Layer):
 
     # ---- computation --------------------------------------------------
     def transform_attention(self, attention, training=None):
-        """Override point: maps `(batch, heads, q, k)` softmax output to the maps used."""
+        """Override point: maps `(batch, heads, q, k)` softmax output to the maps used.
+
+        Must keep the shape: symbolic calls take their outputs from `compute_output_spec`.
+        """
         return attention
 
     def transform_needs_all_queries(self, training=None):
