@@ -1,11 +1,15 @@
 """keras-deepvit: DeepViT, Refiner-ViT and PiT for Keras 3 (TensorFlow, JAX, PyTorch)."""
 
-from keras_deepvit import layers, models, weights
+from keras_deepvit import layers, models, weights, zoo
 from keras_deepvit.imagenet import decode_predictions, imagenet_classes
-from keras_deepvit.models import *  # noqa: F401,F403 - the constructors are the public API
-from keras_deepvit.models import __all__ as _model_names
-from keras_deepvit.preprocess import preprocess_input
+from keras_deepvit.models import DeepViT, PiT, RefinerViT
+from keras_deepvit.zoo import CONSTRUCTORS, create_model, list_models, preprocess_input, variant_info
 
-__version__ = "0.1.0"
-__all__ = ["layers", "models", "weights", "decode_predictions", "imagenet_classes", "preprocess_input",
-           "__version__"] + list(_model_names)
+globals().update(CONSTRUCTORS)
+
+__version__ = "0.2.0"
+__all__ = [
+    "DeepViT", "PiT", "RefinerViT", "__version__", "create_model", "decode_predictions",
+    "imagenet_classes", "layers", "list_models", "models", "preprocess_input", "variant_info",
+    "weights", "zoo",
+] + list(CONSTRUCTORS)

@@ -12,10 +12,9 @@ the command changes no global setting besides seeding the demo's random weights.
 
 import argparse
 
-from keras_deepvit.models.registry import list_models
-from keras_deepvit.models.variants import VARIANTS
-
-FAMILIES = ("deepvit", "refiner", "pit")
+from keras_deepvit.zoo.records import RECORDS
+from keras_deepvit.zoo.registry import FAMILY_NAMES as FAMILIES
+from keras_deepvit.zoo.registry import list_models
 
 
 def model_table(names):
@@ -27,8 +26,8 @@ def model_table(names):
     """
     header = ("name", "params", "input", "source")
     rows = [header] + [
-        (name, f"{VARIANTS[name]['params']:,}", f"{VARIANTS[name]['size']}x{VARIANTS[name]['size']}",
-         VARIANTS[name]["source"])
+        (name, f"{RECORDS[name].params:,}", f"{RECORDS[name].size}x{RECORDS[name].size}",
+         RECORDS[name].source)
         for name in names
     ]
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
@@ -95,14 +94,14 @@ def build_parser():
     demo.set_defaults(run=_demo)
 
     convert = commands.add_parser(
-        "convert", help="convert a PyTorch/safetensors checkpoint to a Keras .weights.h5 file"
+        "convert", help="convert a PyTorch/safetensors checkpoint to a Keras .weights.h5 (or cache .safetensors) file"
     )
     convert.add_argument("checkpoint", help=".pth, .pth.tar, .bin or .safetensors file (no torch needed)")
     convert.add_argument(
         "--model", required=True, choices=list_models(), metavar="NAME",
         help="the registered model the checkpoint belongs to (see `keras-deepvit list`)",
     )
-    convert.add_argument("-o", "--output", required=True, help="output path ending in .weights.h5")
+    convert.add_argument("-o", "--output", required=True, help="output path ending in .weights.h5, or .safetensors for the weights='imagenet' cache")
     convert.add_argument(
         "--input-size", type=int, nargs=2, metavar=("HEIGHT", "WIDTH"),
         help="build at this input size (position embeddings are resampled)",

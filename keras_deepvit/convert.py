@@ -1,28 +1,49 @@
-"""`keras-deepvit convert`: a PyTorch/safetensors checkpoint to a Keras `.weights.h5`.
+"""`keras-deepvit convert`: a PyTorch/safetensors checkpoint to a Keras `.weights.h5`
+or to the normalised `.safetensors` state dict `weights="imagenet"` caches.
 
 Builds the registered model, loads the checkpoint (strictly: every key and
 shape checked), runs one batch to verify the result is usable, and writes the
-weights atomically. A file written for the model's default configuration is
-exactly what `weights="imagenet"` keeps in its cache.
+output atomically. A `.safetensors` output holds the official-key state dict,
+exactly what `weights="imagenet"` keeps in its cache
+(`<variant>.imagenet.safetensors`).
 """
 
 import os
 
 import numpy as np
 
-from keras_deepvit.models.registry import create_model
-from keras_deepvit.preprocess import preprocessing_config
-from keras_deepvit.weights.imagenet_weights import save_weights_atomically
-from keras_deepvit.weights.loading import load_checkpoint
+from keras_deepvit.weights import download
+from keras_deepvit.weights.loading import load_state_dict_into, read_state_dict
+from keras_deepvit.zoo.identify import describe
+from keras_deepvit.zoo.imagenet import write_state_dict
+from keras_deepvit.zoo.preprocess import preprocessing_config
+from keras_deepvit.zoo.registry import create_model
+
+OUTPUT_SUFFIXES = (".weights.h5", ".safetensors")
+
+
+def save_weights_atomically(model, path):
+    """`model.save_weights(path)` such that a killed process leaves no file at `path`."""
+    with download.atomic_output(path) as temporary:
+        # Keras insists on the .weights.h5 suffix, so write beside the temporary name.
+        staged = temporary + ".weights.h5"
+        try:
+            model.save_weights(staged)
+            os.replace(staged, temporary)
+        finally:
+            if os.path.exists(staged):
+                os.remove(staged)
 
 
 def convert_checkpoint(checkpoint, model_name, output, prefer_ema=True, input_shape=None):
-    """Converts `checkpoint` for `model_name` and saves it to `output` (`.weights.h5`).
+    """Converts `checkpoint` for `model_name` and saves it to `output`.
 
     Args:
         checkpoint: path of a `.pth`/`.pth.tar`/`.bin`/`.safetensors` file.
         model_name: a registered name (see `keras_deepvit.list_models()`).
-        output: destination, ending in `.weights.h5`.
+        output: destination, ending in `.weights.h5` (Keras weights of this
+            configuration) or `.safetensors` (the official-key state dict, as
+            `weights="imagenet"` caches it).
         prefer_ema: use EMA weights when the checkpoint has both.
         input_shape: build at another input size (position embeddings are
             resampled); default: the variant's.
@@ -32,14 +53,18 @@ def convert_checkpoint(checkpoint, model_name, output, prefer_ema=True, input_sh
         preprocessing, output path and the verification batch's statistics.
     """
     output = os.fspath(output)
-    if not output.endswith(".weights.h5"):
-        raise ValueError(f"The output must end in '.weights.h5' (Keras' weights format), got {output!r}.")
+    if not output.endswith(OUTPUT_SUFFIXES):
+        raise ValueError(
+            f"The output must end in '.weights.h5' (Keras weights) or '.safetensors' (the "
+            f"state dict weights='imagenet' caches), got {output!r}."
+        )
     if not os.path.isfile(checkpoint):
         raise ValueError(f"Checkpoint not found: {checkpoint!r}.")
     model = create_model(model_name, input_shape=input_shape)
-    source = load_checkpoint(model, checkpoint, prefer_ema=prefer_ema)
+    state_dict, source = read_state_dict(checkpoint, prefer_ema)
+    load_state_dict_into(model, state_dict, source=checkpoint, describe=describe)
 
-    height, width = model._arch_config["input_shape"][:2]
+    height, width = model.input_shape[1:3]
     images = np.random.default_rng(0).uniform(0, 255, size=(2, height, width, 3)).astype("float32")
     probabilities = np.asarray(model.predict(images, verbose=0))
     if not np.all(np.isfinite(probabilities)):
@@ -49,7 +74,10 @@ def convert_checkpoint(checkpoint, model_name, output, prefer_ema=True, input_sh
         )
     directory = os.path.dirname(os.path.abspath(output))
     os.makedirs(directory, exist_ok=True)
-    save_weights_atomically(model, output)
+    if output.endswith(".safetensors"):
+        write_state_dict(state_dict, output)
+    else:
+        save_weights_atomically(model, output)
     return {
         "model": model_name,
         "params": model.count_params(),

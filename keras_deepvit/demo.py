@@ -11,7 +11,7 @@ import keras
 import numpy as np
 
 from keras_deepvit.imagenet import decode_predictions, imagenet_classes
-from keras_deepvit.models.registry import create_model, variant_info
+from keras_deepvit.zoo.registry import create_model, variant_info
 
 #: The scikit-image sample photos the demo classifies, in order.
 SAMPLE_IMAGES = ("astronaut", "coffee", "chelsea", "rocket")
@@ -102,7 +102,7 @@ def classify_sample_images(model_name="pit_ti", image_size=None, top=3, seed=0):
     3
     """
     info = variant_info(model_name)
-    size = int(image_size or info["size"])
+    size = int(image_size or info.size)
     if size < 1:
         raise ValueError(f"image_size must be a positive int, got {image_size!r}.")
     images = load_sample_images()
@@ -122,7 +122,7 @@ def classify_sample_images(model_name="pit_ti", image_size=None, top=3, seed=0):
         "model": model_name,
         "image_size": size,
         "backend": keras.backend.backend(),
-        "params": info["params"],
+        "params": info.params,
         "predictions": predictions,
     }
 

@@ -8,7 +8,8 @@ import pytest
 
 import keras_deepvit
 from helpers import REFERENCE_DIR
-from keras_deepvit.weights import architecture_of, describe, looks_like
+from keras_deepvit.weights import architecture_of
+from keras_deepvit.zoo import describe, looks_like
 from keras_deepvit.weights.checkpoint import extract_state_dict, is_state_dict, normalize_state_dict
 from keras_deepvit.weights.resample import (
     bicubic_matrix,

@@ -19,8 +19,9 @@ import keras_deepvit
 from helpers import infer, to_numpy
 from keras_deepvit.weights import keras_to_torch_state_dict
 from keras_deepvit.weights.download import WeightsDownloadError
-from keras_deepvit.weights.imagenet_weights import fits_default_config
-from keras_deepvit.weights.pretrained import PRETRAINED
+from keras_deepvit.models import PiT
+from keras_deepvit.zoo.imagenet import converted_filename
+from keras_deepvit.zoo.records import RECORDS
 
 safetensors_numpy = pytest.importorskip("safetensors.numpy")
 
@@ -85,20 +86,95 @@ def test_imagenet_downloads_converts_caches_and_reuses(server, pit_ti_checkpoint
         "pit_ti", weights="imagenet", include_preprocessing=False, classifier_activation=None
     )
     assert handler.requests == ["/pit_ti.timm.safetensors"]
-    assert (tmp_path / PRETRAINED["pit_ti"].converted_filename).is_file()
+    assert (tmp_path / converted_filename(RECORDS["pit_ti"])).is_file()
+    assert not (tmp_path / "pit_ti.timm.safetensors").exists()  # the raw download is not kept
     np.testing.assert_allclose(infer(model, images), expected, rtol=1e-5, atol=1e-5)
 
     again = keras_deepvit.PiTTi(weights="imagenet", include_preprocessing=False, classifier_activation=None)
     assert len(handler.requests) == 1  # served from the cache, no request
     np.testing.assert_allclose(to_numpy(again(images)), expected, rtol=1e-5, atol=1e-5)
 
-    # Other size and classes come from the cached file through a default twin.
+    # Other size and classes come from the same cached state dict.
     small = keras_deepvit.create_model("pit_ti", weights="imagenet", input_shape=(64, 48, 3), classes=10)
-    assert not fits_default_config(small, "pit_ti")
     loaded = keras_to_torch_state_dict(small)
     np.testing.assert_array_equal(loaded["norm.weight"], state["norm.weight"])
     assert small(np.zeros((1, 64, 48, 3), "float32")).shape == (1, 10)
     assert len(handler.requests) == 1
+
+
+@pytest.mark.parametrize(
+    "options",
+    [dict(rematerialize_blocks=True), dict(input_shape=(384, 384, 3)), dict(classes=10),
+     dict(include_top=False, pooling="avg")],
+    ids=["remat", "384", "classes10", "no_top"],
+)
+def test_every_configuration_builds_one_model_with_the_default_values(
+    options, server, pit_ti_checkpoint, tmp_path, monkeypatch
+):
+    base, handler = server
+    handler.files["pit_ti.timm.safetensors"] = pit_ti_checkpoint[0]
+    state = pit_ti_checkpoint[1]
+    monkeypatch.setenv("KERAS_DEEPVIT_WEIGHTS_MIRROR", base)
+    monkeypatch.setenv("KERAS_DEEPVIT_CACHE_DIR", str(tmp_path))
+    builds = []
+    original = PiT.__init__
+
+    def counted(self, *args, **kwargs):
+        builds.append(kwargs)
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(PiT, "__init__", counted)
+    for attempt in ("download", "cache"):
+        model = keras_deepvit.create_model("pit_ti", weights="imagenet", **options)
+        assert len(builds) == 1, attempt  # no donor or twin model
+        builds.clear()
+        loaded = keras_to_torch_state_dict(model)
+        fresh_head = "classes" in options or "include_top" in options
+        assert ("head.weight" in loaded) == ("include_top" not in options)
+        for key, value in loaded.items():
+            if key == "pos_embed" and "input_shape" in options:
+                assert value.shape == (1, 64, 47, 47)  # resampled from the 27x27 grid
+            elif key.startswith("head") and fresh_head:
+                assert value.shape[0] == 10 and state[key].shape[0] == 1000
+            else:
+                np.testing.assert_array_equal(value, state[key], err_msg=f"{attempt}: {key}")
+    assert handler.requests == ["/pit_ti.timm.safetensors"]
+
+
+def test_old_cache_layout_is_ignored_and_a_bad_cached_file_is_fetched_again(
+    server, pit_ti_checkpoint, tmp_path, monkeypatch, caplog
+):
+    base, handler = server
+    body, state, _, _ = pit_ti_checkpoint
+    handler.files["pit_ti.timm.safetensors"] = body
+    monkeypatch.setenv("KERAS_DEEPVIT_WEIGHTS_MIRROR", base)
+    monkeypatch.setenv("KERAS_DEEPVIT_CACHE_DIR", str(tmp_path))
+    (tmp_path / "pit_ti.imagenet.weights.h5").write_bytes(b"an old-layout file, never read")
+    with caplog.at_level("INFO", logger="keras_deepvit.zoo.imagenet"):
+        model = keras_deepvit.create_model("pit_ti", weights="imagenet", input_shape=(64, 64, 3))
+    assert "Ignoring" in caplog.text and "pit_ti.imagenet.weights.h5" in caplog.text
+    converted = tmp_path / converted_filename(RECORDS["pit_ti"])
+    converted.write_bytes(converted.read_bytes()[:100])  # truncated
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="keras_deepvit.zoo.imagenet"):
+        model = keras_deepvit.create_model("pit_ti", weights="imagenet", input_shape=(64, 64, 3))
+    assert "Removed the unreadable cached weights" in caplog.text
+    assert len(handler.requests) == 2
+    np.testing.assert_array_equal(keras_to_torch_state_dict(model)["norm.weight"], state["norm.weight"])
+
+
+def test_a_wrong_checkpoint_is_refused_before_caching(server, tmp_path, monkeypatch):
+    base, handler = server
+    donor = keras_deepvit.create_model("pit_xs", input_shape=(64, 64, 3))
+    path = tmp_path / "xs.safetensors"
+    safetensors_numpy.save_file(keras_to_torch_state_dict(donor), str(path))
+    handler.files["pit_ti.timm.safetensors"] = path.read_bytes()
+    monkeypatch.setenv("KERAS_DEEPVIT_WEIGHTS_MIRROR", base)
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("KERAS_DEEPVIT_CACHE_DIR", str(cache))
+    with pytest.raises(ValueError, match="not the pit_ti checkpoint.*looks like 'pit_xs'"):
+        keras_deepvit.create_model("pit_ti", weights="imagenet", input_shape=(64, 64, 3))
+    assert not (cache / converted_filename(RECORDS["pit_ti"])).exists()
 
 
 def test_imagenet_for_a_model_without_published_weights():
@@ -117,7 +193,7 @@ def test_server_down_gives_the_manual_download_steps(tmp_path, monkeypatch):
     message = str(error.value)
     assert "pit_ti.timm.safetensors" in message
     assert "keras-deepvit convert" in message and "--model pit_ti" in message
-    assert not any(name.endswith(".weights.h5") for name in os.listdir(tmp_path))
+    assert os.listdir(tmp_path) == []
 
 
 _KILLED_CONVERSION = textwrap.dedent(
@@ -127,14 +203,15 @@ _KILLED_CONVERSION = textwrap.dedent(
     import keras_deepvit
 
     flag = sys.argv[1]
-    original = keras.Model.save_weights
+    import safetensors.numpy
+    original = safetensors.numpy.save_file
 
-    def save_then_hang(self, path, *args, **kwargs):
-        original(self, path, *args, **kwargs)  # a complete file under the temporary name
+    def save_then_hang(arrays, path, *args, **kwargs):
+        original(arrays, path, *args, **kwargs)  # a complete file under the temporary name
         open(flag, "w").close()
         time.sleep(600)  # killed here, before the file is moved into place
 
-    keras.Model.save_weights = save_then_hang
+    safetensors.numpy.save_file = save_then_hang
     keras_deepvit.create_model("pit_ti", weights="imagenet")
     """
 )
@@ -157,7 +234,7 @@ def test_cache_survives_a_killed_conversion(server, pit_ti_checkpoint, tmp_path,
     finally:
         process.send_signal(signal.SIGKILL)
         process.wait()
-    converted = tmp_path / PRETRAINED["pit_ti"].converted_filename
+    converted = tmp_path / converted_filename(RECORDS["pit_ti"])
     assert not converted.exists()
 
     monkeypatch.setenv("KERAS_DEEPVIT_WEIGHTS_MIRROR", base)

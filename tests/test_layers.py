@@ -131,6 +131,7 @@ def test_reattention_mixes_heads():
     layer.build(TOKENS.shape)
     kernel = np.eye(4)[::-1].astype("float32")  # swap heads 0<->3, 1<->2
     layer.reatten_kernel.assign(kernel)
+    layer.reatten_bias.assign(np.zeros(4, "float32"))  # PyTorch's default init draws it
     _, swapped = layer(TOKENS, return_attention_scores=True)
     plain = layers.MultiHeadSelfAttention(num_heads=4)
     plain.build(TOKENS.shape)

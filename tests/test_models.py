@@ -9,7 +9,8 @@ import pytest
 
 import keras_deepvit
 from helpers import check_model_round_trips, compile_for_training, infer, to_numpy
-from keras_deepvit.models import DeepViT, PiT, RefinerViT, constructors
+from keras_deepvit.models import DeepViT, PiT, RefinerViT
+from keras_deepvit.zoo import registry
 
 SMALL = {
     "deepvit": (DeepViT, dict(depth=3, embed_dim=24, num_heads=4, re_attention=[False, True, True],
@@ -114,9 +115,9 @@ def test_attention_model(family, tokens):
 )
 def test_last_block_computes_only_the_tokens_the_output_reads(family, last_block, kwargs, tokens):
     model = small(family, **kwargs)
-    # The class and distillation tokens, or all of them: the graph's own shape.
-    output = model.get_layer(last_block).output
-    output = output[0] if isinstance(output, (list, tuple)) else output  # refiner: (x, maps)
+    # The class and distillation tokens, or all of them: the graph's own shape. The
+    # block's first call is the attention-maps graph, its last the model's output graph.
+    output = model.get_layer(last_block)._inbound_nodes[-1].outputs[0]  # refiner: (x, maps)
     assert output.shape[1] == tokens
     # That the logits are still the reference's is the parity suites' job
     # (test_torch_parity.py, test_fixture_parity.py), which run these models.
@@ -172,7 +173,7 @@ def test_pit_rejects_tiny_images():
         PiT(base_dims=(4,), depth=(1,), heads=(2,), input_shape=(8, 8, 3))
 
 
-CONSTRUCTORS = keras_deepvit.models.CONSTRUCTORS
+CONSTRUCTORS = list(keras_deepvit.zoo.CONSTRUCTORS)
 #: Building is the same Python on every backend, but on TensorFlow and JAX each new
 #: model costs compilations (JAX compiles every initializer shape): they build one
 #: constructor per family; the PyTorch backend builds every one at full size.
@@ -196,7 +197,7 @@ def test_every_layer_is_built_with_the_model(family):
 @pytest.mark.parametrize("constructor", CONSTRUCTORS)
 def test_constructors_pass_every_argument_to_their_variant(constructor, monkeypatch):
     calls = []
-    monkeypatch.setattr(constructors, "create_model", lambda variant, **kw: calls.append((variant, kw)))
+    monkeypatch.setattr(registry, "create_model", lambda variant, **kw: calls.append((variant, kw)))
     arguments = dict(
         include_top=False, weights="w.weights.h5", input_tensor=None, input_shape=(64, 48, 3),
         pooling="avg", classes=7, classifier_activation=None, include_preprocessing=False,
@@ -212,10 +213,10 @@ def test_constructors_pass_every_argument_to_their_variant(constructor, monkeypa
 def test_constructors_build_the_official_model(constructor):
     info = keras_deepvit.variant_info(constructor_variant(constructor))
     model = getattr(keras_deepvit, constructor)()
-    assert model.input_shape == (None, info["size"], info["size"], 3)
+    assert model.input_shape == (None, info.size, info.size, 3)
     assert model.output_shape == (None, 1000)
     # The official count: parameters, not BatchNorm statistics.
-    assert sum(int(np.prod(w.shape)) for w in model.trainable_weights) == info["params"]
+    assert sum(int(np.prod(w.shape)) for w in model.trainable_weights) == info.params
     model = getattr(keras_deepvit, constructor)(input_shape=(64, 64, 3), classes=4, name="custom")
     assert model.name == "custom" and model.output_shape == (None, 4)
 

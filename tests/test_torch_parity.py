@@ -105,10 +105,10 @@ def test_params_match_official_manifests():
         info = keras_deepvit.variant_info(name)
         config = reference_config(name.replace("_384", "").replace("_448", "")) if not name.startswith(
             "deepvit_l_384") else reference_config(name)
-        config["img_size"] = info["size"]
+        config["img_size"] = info.size
         with torch.device("meta"):
             reference = ref.build_reference(config)
-        assert ref.count_parameters(reference) == info["params"], name
+        assert ref.count_parameters(reference) == info.params, name
 
 
 def test_timm_pit_naming_loads():

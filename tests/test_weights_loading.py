@@ -41,14 +41,19 @@ def fixture_meta(name):
     return meta, dict(np.load(TINY_DIR / f"{name}.npz"))
 
 
-def fixture_model(meta, arrays, **overrides):
+def built_with(family, weights, **kwargs):
+    """A family model with a weights file loaded (family classes build architectures only)."""
+    return keras_deepvit.weights.load_weights(family(**kwargs), weights)
+
+
+def fixture_model(meta, arrays, weights=None, **overrides):
     family, kwargs = keras_kwargs_from_official(meta["model_class"], meta["class_kwargs"])
     kwargs.update(
         input_shape=arrays["input_nhwc"].shape[1:], classifier_activation=None,
         include_preprocessing=False,
     )
     kwargs.update(overrides)
-    return family(**kwargs)
+    return built_with(family, weights, **kwargs)
 
 
 @needs_fixtures
@@ -99,7 +104,7 @@ def small_checkpoint(family_name, tmp_path, size=(224, 224)):
 @pytest.mark.parametrize("size", [(384, 384), (64, 48)])
 def test_224_checkpoint_at_other_input_sizes(family_name, size, tmp_path):
     family, arch, state, path = small_checkpoint(family_name, tmp_path)
-    model = family(input_shape=size + (3,), classifier_activation=None, weights=path, **arch)
+    model = built_with(family, path, input_shape=size + (3,), classifier_activation=None, **arch)
     out = infer(model, np.random.default_rng(0).normal(size=(2,) + size + (3,)).astype("float32"))
     assert out.shape == (2, 1000) and np.isfinite(out).all()
 
@@ -131,7 +136,7 @@ def test_registered_pit_ti_224_checkpoint_at_384_and_64x48(tmp_path):
 def test_other_classes_and_no_top_load_all_but_the_heads(family_name, tmp_path, caplog):
     family, arch, state, path = small_checkpoint(family_name, tmp_path, size=(64, 64))
     with caplog.at_level(logging.WARNING, logger="keras_deepvit"):
-        model = family(input_shape=(64, 64, 3), classes=10, weights=path, **arch)
+        model = built_with(family, path, input_shape=(64, 64, 3), classes=10, **arch)
     lines = [r.getMessage() for r in caplog.records if "classifier head" in r.getMessage()]
     assert len(lines) == 1 and "classes=10 differs from the checkpoint's 1000" in lines[0]
     assert model.output_shape == (None, 10)
@@ -141,7 +146,7 @@ def test_other_classes_and_no_top_load_all_but_the_heads(family_name, tmp_path, 
 
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="keras_deepvit"):
-        features = family(input_shape=(64, 64, 3), include_top=False, pooling="token", weights=path, **arch)
+        features = built_with(family, path, input_shape=(64, 64, 3), include_top=False, pooling="token", **arch)
     assert any("include_top=False" in r.getMessage() for r in caplog.records)
     assert len(features.output_shape) == 2
 
@@ -150,7 +155,7 @@ def test_keras_file_adapts_to_the_new_model(tmp_path):
     family, arch = SMALL["pit"]
     saved = family(input_shape=(64, 64, 3), classes=7, **arch)
     saved.save(tmp_path / "pit.keras")
-    model = family(input_shape=(96, 64, 3), classes=3, weights=tmp_path / "pit.keras", **arch)
+    model = built_with(family, tmp_path / "pit.keras", input_shape=(96, 64, 3), classes=3, **arch)
     np.testing.assert_array_equal(
         to_numpy(model.norm.gamma), to_numpy(saved.norm.gamma)
     )
@@ -173,18 +178,22 @@ def test_mismatched_checkpoint_names_the_model_it_looks_like(tmp_path):
     model = keras_deepvit.create_model("pit_xs", input_shape=(64, 64, 3))
     before = model.get_weights()
     with pytest.raises(ValueError) as error:
-        load_checkpoint(model, path)
+        load_checkpoint(model, path)  # the weights layer knows families, not variants
     message = str(error.value)
     assert path in message and "shape mismatches" in message
-    assert "looks like 'pit_ti'" in message
+    assert "is a pit model (depth=[2, 6, 4]" in message
+    with pytest.raises(ValueError, match="looks like 'pit_ti'"):  # through the zoo
+        keras_deepvit.create_model("pit_xs", input_shape=(64, 64, 3), weights=path)
     assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
 
 
 def test_missing_file_and_bad_argument():
     with pytest.raises(ValueError, match="not found"):
         keras_deepvit.create_model("pit_ti", weights="/nonexistent/pit_ti.pth", input_shape=(64, 64, 3))
-    with pytest.raises(ValueError, match="registered model"):
+    with pytest.raises(TypeError, match="takes no weights= argument"):
         PiT(base_dims=(8,), depth=(1,), heads=(2,), input_shape=(64, 64, 3), weights="imagenet")
+    with pytest.raises(ValueError, match="registered model"):
+        keras_deepvit.weights.load_weights(PiT(base_dims=(8,), depth=(1,), heads=(2,), input_shape=(64, 64, 3)), "imagenet")
     with pytest.raises(ValueError, match="weights must be"):
         keras_deepvit.weights.load_weights(keras_deepvit.create_model("pit_ti", input_shape=(64, 64, 3)), 3)
 
@@ -218,7 +227,7 @@ class TestWithTorchFiles:
         path = tmp_path / "ddp.pth"
         self.torch.save({"model": {f"module.{k}": v for k, v in state.items()}}, path)
         family, arch = SMALL["pit"]
-        model = family(input_shape=(64, 64, 3), weights=path, **arch)
+        model = built_with(family, path, input_shape=(64, 64, 3), **arch)
         np.testing.assert_array_equal(to_numpy(model.norm.gamma), state["norm.weight"].numpy())
 
     def test_pickled_code_in_the_weights_is_refused_and_never_runs(self, tmp_path):
@@ -236,5 +245,5 @@ class TestWithTorchFiles:
         self.torch.save({"state_dict": state}, path)
         family, arch = SMALL["pit"]
         with pytest.raises(ValueError, match="system"):
-            family(input_shape=(64, 64, 3), weights=path, **arch)
+            built_with(family, path, input_shape=(64, 64, 3), **arch)
         assert not marker.exists()

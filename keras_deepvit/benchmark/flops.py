@@ -21,10 +21,10 @@ def reference_config(name, image_size=None):
     Resolution variants (`*_384`, `*_448`) map to their base architecture and the
     `vit_*_baseline` rows to DeepViT with re-attention off.
     """
-    from keras_deepvit.models.variants import VARIANTS
+    from keras_deepvit.zoo.records import RECORDS
     from keras_deepvit.testing import torch_reference as ref
 
-    if name not in VARIANTS:
+    if name not in RECORDS:
         raise ValueError(f"Unknown model {name!r}; see `keras-deepvit list`.")
     base = name
     for suffix in ("_384", "_448"):
@@ -35,7 +35,7 @@ def reference_config(name, image_size=None):
         config["apply_transform"] = [False] * len(config["apply_transform"])
     else:
         config = dict(ref.OFFICIAL_CONFIGS[base])
-    config["img_size"] = image_size or VARIANTS[name]["size"]
+    config["img_size"] = image_size or RECORDS[name].size
     return config
 
 

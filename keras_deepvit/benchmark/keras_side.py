@@ -34,7 +34,7 @@ def jit_compile(variant):
 
 def build_model(name, image_size, state=None, classes=1000, **model_kwargs):
     """A registered model with logits output; weights from a PyTorch `state` if given."""
-    from keras_deepvit.models.registry import create_model
+    from keras_deepvit.zoo.registry import create_model
 
     model = create_model(
         name, input_shape=(image_size, image_size, 3), classes=classes,

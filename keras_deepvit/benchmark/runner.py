@@ -147,12 +147,12 @@ def run_benchmark(
     `gemm_size` is the matrix size of the GEMM-peak measurement.
     """
     from keras_deepvit.benchmark.peak import gemm_peak
-    from keras_deepvit.models.variants import VARIANTS
+    from keras_deepvit.zoo.records import RECORDS
 
     backends = list(backends or [current_backend()])
     if in_process and backends != [current_backend()]:
         raise ValueError(f"--in-process runs only the current backend ({current_backend()}).")
-    unknown = [m for m in models if m not in VARIANTS]
+    unknown = [m for m in models if m not in RECORDS]
     if unknown:
         raise ValueError(f"Unknown model(s) {unknown}; see `keras-deepvit list`.")
     wrong = [b for b in backends if b not in BACKENDS]
@@ -178,7 +178,7 @@ def run_benchmark(
     results, rows = [], []
     memory_cache = {}
     for name in models:
-        size = image_size or VARIANTS[name]["size"]
+        size = image_size or RECORDS[name].size
         for batch in batch_sizes:
             block = []
             for mode in modes:

@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from keras_deepvit.layers import map_ops
+from keras_deepvit.layers.initializers import dense_initializers, validate_initializer
 
 
 @keras.saving.register_keras_serializable(package="keras_deepvit")
@@ -26,6 +27,10 @@ class MultiHeadSelfAttention(keras.layers.Layer):
         qkv_bias: bool, whether the `qkv` projection has a bias.
         attention_dropout: float, dropout on the attention maps.
         proj_dropout: float, dropout after the output projection.
+        initializer: "trunc_normal" (DeepViT, Refiner-ViT: weights
+            `N(0, 0.02^2)`, zero biases) or "torch_default" (PiT: PyTorch's
+            `nn.Linear` default, `U(+-1/sqrt(fan_in))`); see
+            `keras_deepvit.layers.initializers`.
 
     Call arguments:
         inputs: `(batch, tokens, dim)` tensor.
@@ -57,13 +62,15 @@ class MultiHeadSelfAttention(keras.layers.Layer):
     transforms_attention = False
 
     def __init__(
-        self, num_heads, qkv_bias=True, attention_dropout=0.0, proj_dropout=0.0, **kwargs
+        self, num_heads, qkv_bias=True, attention_dropout=0.0, proj_dropout=0.0,
+        initializer="trunc_normal", **kwargs,
     ):
         super().__init__(**kwargs)
         self.num_heads = num_heads
         self.qkv_bias = qkv_bias
         self.attention_dropout = attention_dropout
         self.proj_dropout = proj_dropout
+        self.initializer = validate_initializer(initializer, type(self).__name__)
 
     # ---- construction -------------------------------------------------
     def qkv_width(self, dim):
@@ -81,10 +88,13 @@ class MultiHeadSelfAttention(keras.layers.Layer):
         self.head_dim = dim // self.num_heads
         self.scale = self.head_dim**-0.5
         self.qkv = keras.layers.Dense(
-            self.qkv_width(dim), use_bias=self.qkv_bias, dtype=self.dtype_policy, name="qkv"
+            self.qkv_width(dim), use_bias=self.qkv_bias, dtype=self.dtype_policy, name="qkv",
+            **dense_initializers(self.initializer, dim),
         )
         self.qkv.build(input_shape)
-        self.proj = keras.layers.Dense(dim, dtype=self.dtype_policy, name="proj")
+        self.proj = keras.layers.Dense(
+            dim, dtype=self.dtype_policy, name="proj", **dense_initializers(self.initializer, dim)
+        )
         self.proj.build(tuple(input_shape[:-1]) + (dim,))
         self.attn_drop = keras.layers.Dropout(self.attention_dropout, dtype=self.dtype_policy)
         self.proj_drop = keras.layers.Dropout(self.proj_dropout, dtype=self.dtype_policy)
@@ -186,6 +196,7 @@ class MultiHeadSelfAttention(keras.layers.Layer):
                 "qkv_bias": self.qkv_bias,
                 "attention_dropout": self.attention_dropout,
                 "proj_dropout": self.proj_dropout,
+                "initializer": self.initializer,
             }
         )
         return config

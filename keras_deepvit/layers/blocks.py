@@ -6,6 +6,7 @@ from keras import ops
 
 from keras_deepvit.layers.attention import MultiHeadSelfAttention
 from keras_deepvit.layers.drop_path import DropPath
+from keras_deepvit.layers.initializers import dense_initializers, validate_initializer
 from keras_deepvit.layers.re_attention import ReAttention
 from keras_deepvit.layers.refiner_attention import RefinerAttention
 from keras_deepvit.layers.remat import rematerialized_call
@@ -22,6 +23,8 @@ class Mlp(keras.layers.Layer):
         channel_scale: bool; if True the output is multiplied by a learned
             per-channel vector (`scale_channel` of Refiner-ViT, initialised to 1e-5
             as in the official code).
+        initializer: "trunc_normal" or "torch_default", the scheme of both dense
+            layers (see `MultiHeadSelfAttention`).
 
     Call arguments:
         inputs: `(..., dim)`.
@@ -36,17 +39,26 @@ class Mlp(keras.layers.Layer):
     (1, 3, 4)
     """
 
-    def __init__(self, hidden_dim, dropout=0.0, channel_scale=False, **kwargs):
+    def __init__(
+        self, hidden_dim, dropout=0.0, channel_scale=False, initializer="trunc_normal", **kwargs
+    ):
         super().__init__(**kwargs)
         self.hidden_dim = hidden_dim
         self.dropout = dropout
         self.channel_scale = channel_scale
+        self.initializer = validate_initializer(initializer, type(self).__name__)
 
     def build(self, input_shape):
         dim = input_shape[-1]
-        self.fc1 = keras.layers.Dense(self.hidden_dim, dtype=self.dtype_policy, name="fc1")
+        self.fc1 = keras.layers.Dense(
+            self.hidden_dim, dtype=self.dtype_policy, name="fc1",
+            **dense_initializers(self.initializer, dim),
+        )
         self.fc1.build(input_shape)
-        self.fc2 = keras.layers.Dense(dim, dtype=self.dtype_policy, name="fc2")
+        self.fc2 = keras.layers.Dense(
+            dim, dtype=self.dtype_policy, name="fc2",
+            **dense_initializers(self.initializer, self.hidden_dim),
+        )
         self.fc2.build(tuple(input_shape[:-1]) + (self.hidden_dim,))
         self.drop = keras.layers.Dropout(self.dropout, dtype=self.dtype_policy)
         if self.channel_scale:
@@ -71,6 +83,7 @@ class Mlp(keras.layers.Layer):
                 "hidden_dim": self.hidden_dim,
                 "dropout": self.dropout,
                 "channel_scale": self.channel_scale,
+                "initializer": self.initializer,
             }
         )
         return config
@@ -95,6 +108,9 @@ class TransformerBlock(keras.layers.Layer):
         rematerialize: bool; in training, recompute the block's activations
             (the attention maps above all) in the backward pass instead of
             storing them (see `keras_deepvit.layers.remat`).
+        initializer: "trunc_normal" (DeepViT, Refiner-ViT) or "torch_default"
+            (PiT), the scheme of every dense layer in the block (see
+            `MultiHeadSelfAttention`); the LayerNorms start at weight 1, bias 0.
 
     Call arguments:
         inputs: `(batch, tokens, dim)`.
@@ -118,9 +134,11 @@ class TransformerBlock(keras.layers.Layer):
 
     def __init__(
         self, num_heads, mlp_ratio=4.0, qkv_bias=True, scale_adjustment=1.0,
-        drop_path_rate=0.0, dropout=0.0, attention_dropout=0.0, rematerialize=False, **kwargs,
+        drop_path_rate=0.0, dropout=0.0, attention_dropout=0.0, rematerialize=False,
+        initializer="trunc_normal", **kwargs,
     ):
         super().__init__(**kwargs)
+        self.initializer = validate_initializer(initializer, type(self).__name__)
         self.rematerialize = rematerialize
         self.num_heads = num_heads
         self.mlp_ratio = mlp_ratio
@@ -137,7 +155,8 @@ class TransformerBlock(keras.layers.Layer):
     def attention_kwargs(self):
         return dict(
             qkv_bias=self.qkv_bias, attention_dropout=self.attention_dropout,
-            proj_dropout=self.dropout, dtype=self.dtype_policy, name="attn",
+            proj_dropout=self.dropout, initializer=self.initializer, dtype=self.dtype_policy,
+            name="attn",
         )
 
     def mlp_channel_scale(self):
@@ -153,7 +172,8 @@ class TransformerBlock(keras.layers.Layer):
         self.norm2.build(input_shape)
         self.mlp = Mlp(
             int(dim * self.mlp_ratio), dropout=self.dropout,
-            channel_scale=self.mlp_channel_scale(), dtype=self.dtype_policy, name="mlp",
+            channel_scale=self.mlp_channel_scale(), initializer=self.initializer,
+            dtype=self.dtype_policy, name="mlp",
         )
         self.mlp.build(input_shape)
         self.drop_path = DropPath(self.drop_path_rate, dtype=self.dtype_policy)
@@ -218,6 +238,7 @@ class TransformerBlock(keras.layers.Layer):
                 "dropout": self.dropout,
                 "attention_dropout": self.attention_dropout,
                 "rematerialize": self.rematerialize,
+                "initializer": self.initializer,
             }
         )
         return config

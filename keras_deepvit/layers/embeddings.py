@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from keras_deepvit.layers.initializers import conv_initializers, trunc_normal
 from keras_deepvit.layers.map_ops import conv_valid
 from keras_deepvit.layers.torch_like import torch_batch_norm
 
@@ -22,7 +23,8 @@ class ConvPatchEmbedding(keras.layers.Layer):
 
     Used by DeepViT-16/24/32 and Refiner-ViT with `stem="patch"` (kernel = stride =
     patch size) and by PiT (kernel = patch size, stride smaller than the kernel, so
-    patches overlap).
+    patches overlap). The convolution starts from PyTorch's `nn.Conv2d` default
+    (weight and bias `U(+-1/sqrt(fan_in))`), which no official model changes.
 
     Args:
         embed_dim: int, output channels.
@@ -55,9 +57,10 @@ class ConvPatchEmbedding(keras.layers.Layer):
     def build(self, input_shape):
         kernel = _pair(self.patch_size, "patch_size")
         stride = kernel if self.stride is None else _pair(self.stride, "stride")
+        fan_in = input_shape[-1] * kernel[0] * kernel[1]
         self.conv = keras.layers.Conv2D(
             self.embed_dim, kernel, strides=stride, padding="valid",
-            dtype=self.dtype_policy, name="proj",
+            dtype=self.dtype_policy, name="proj", **conv_initializers(fan_in),
         )
         self.conv.build(input_shape)
 
@@ -88,7 +91,9 @@ class ConvStemPatchEmbedding(keras.layers.Layer):
     (the T2T-ViT style stem; Zhou et al. 2021, arXiv 2103.11886 and 2106.03714).
 
     The padding is explicit because Keras `padding="same"` pads a stride-2
-    convolution asymmetrically at even sizes, unlike PyTorch.
+    convolution asymmetrically at even sizes, unlike PyTorch. The convolutions
+    start from PyTorch's `nn.Conv2d` default (`U(+-1/sqrt(fan_in))`) and the
+    BatchNorms from weight 1, bias 0, as in the official code.
 
     Args:
         embed_dim: int, output channels.
@@ -127,9 +132,11 @@ class ConvStemPatchEmbedding(keras.layers.Layer):
         shape = tuple(input_shape)
         for i, filters in enumerate(self.stem_filters):
             first = i == 0
+            size = 7 if first else 3
             conv = keras.layers.Conv2D(
-                filters, 7 if first else 3, strides=2 if first else 1, padding="valid",
+                filters, size, strides=2 if first else 1, padding="valid",
                 use_bias=False, dtype=self.dtype_policy, name=f"conv{i + 1}",
+                **conv_initializers(shape[-1] * size * size, use_bias=False),
             )
             pad = 3 if first else 1
             padded = (shape[0], _grow(shape[1], 2 * pad), _grow(shape[2], 2 * pad), shape[3])
@@ -140,8 +147,8 @@ class ConvStemPatchEmbedding(keras.layers.Layer):
             self.stem_convs.append(conv)
             self.stem_norms.append(norm)
         self.proj = keras.layers.Conv2D(
-            self.embed_dim, proj, strides=proj, padding="valid",
-            dtype=self.dtype_policy, name="proj",
+            self.embed_dim, proj, strides=proj, padding="valid", dtype=self.dtype_policy,
+            name="proj", **conv_initializers(shape[-1] * proj[0] * proj[1]),
         )
         self.proj.build(shape)
         self._output_shape = self.proj.compute_output_shape(shape)
@@ -192,6 +199,9 @@ def _grow(size, amount):
 class ClassTokens(keras.layers.Layer):
     """Prepends `num_tokens` learned tokens (class, and distillation) to a sequence.
 
+    The tokens start from the official `trunc_normal_(std=.02)` (see
+    `keras_deepvit.layers.initializers.trunc_normal`).
+
     Args:
         num_tokens: int, 1 for a class token, 2 for class + distillation tokens.
 
@@ -214,7 +224,7 @@ class ClassTokens(keras.layers.Layer):
     def build(self, input_shape):
         self.tokens = self.add_weight(
             shape=(1, self.num_tokens, input_shape[-1]),
-            initializer=keras.initializers.TruncatedNormal(stddev=0.02),
+            initializer=trunc_normal(),
             name="cls_token",
         )
 
@@ -240,7 +250,8 @@ class PositionEmbedding(keras.layers.Layer):
     For token sequences the weight is `(length, dim)` (DeepViT and Refiner-ViT:
     class token included); for feature maps it is `(height, width, dim)` (PiT,
     added to the patch map before the class tokens join). The input shape fixes
-    the weight shape, so build the model at the resolution you use.
+    the weight shape, so build the model at the resolution you use. The
+    embedding starts from the official `trunc_normal_(std=.02)`.
 
     Call arguments:
         inputs: `(batch, ...)` tensor with static non-batch dimensions.
@@ -264,7 +275,7 @@ class PositionEmbedding(keras.layers.Layer):
             )
         self.embedding = self.add_weight(
             shape=(1,) + shape,
-            initializer=keras.initializers.TruncatedNormal(stddev=0.02),
+            initializer=trunc_normal(),
             name="pos_embed",
         )
 

@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from keras_deepvit.layers.initializers import dense_initializers, depthwise_initializers
 from keras_deepvit.layers.map_ops import depthwise_conv_valid
 
 
@@ -16,7 +17,9 @@ class ConvHeadPooling(keras.layers.Layer):
     `output_dim // input_dim` (with bias); the class (and distillation) tokens go
     through a dense layer to the same width. Padding is explicit because Keras
     `padding="same"` pads even sizes asymmetrically (0, 1), unlike PyTorch's
-    symmetric (1, 1): every PiT's second pooling sees an even grid.
+    symmetric (1, 1): every PiT's second pooling sees an even grid. Both start
+    from PyTorch's defaults, as in the official PiT (weights and biases
+    `U(+-1/sqrt(fan_in))`; the depthwise convolution's fan-in is its 3x3 kernel).
 
     Args:
         output_dim: int, a multiple of the input width.
@@ -50,13 +53,16 @@ class ConvHeadPooling(keras.layers.Layer):
             )
         self.conv = keras.layers.DepthwiseConv2D(
             3, strides=2, padding="valid", depth_multiplier=self.output_dim // dim,
-            dtype=self.dtype_policy, name="conv",
+            dtype=self.dtype_policy, name="conv", **depthwise_initializers(3),
         )
         padded = tuple(feature_map_shape[:1]) + tuple(
             None if s is None else s + 2 for s in feature_map_shape[1:3]
         ) + (dim,)
         self.conv.build(padded)
-        self.fc = keras.layers.Dense(self.output_dim, dtype=self.dtype_policy, name="fc")
+        self.fc = keras.layers.Dense(
+            self.output_dim, dtype=self.dtype_policy, name="fc",
+            **dense_initializers("torch_default", dim),
+        )
         self.fc.build((None, None, dim))
 
     def call(self, feature_map, tokens):

@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from keras_deepvit.layers.attention import MultiHeadSelfAttention
+from keras_deepvit.layers.initializers import torch_default
 from keras_deepvit.layers.map_ops import mix_channels
 from keras_deepvit.layers.torch_like import (
     batch_norm_fold,
@@ -28,7 +29,10 @@ class ReAttention(MultiHeadSelfAttention):
         num_heads: int, number of heads.
         apply_transform: bool, whether to re-attend (mix heads + BatchNorm).
         transform_scale: bool, multiply the mixed maps by `head_dim**-0.5`.
-        qkv_bias, attention_dropout, proj_dropout: as `MultiHeadSelfAttention`.
+        qkv_bias, attention_dropout, proj_dropout, initializer: as
+            `MultiHeadSelfAttention` (`initializer` sets `qkv` and `proj`; the
+            mixing matrix is a convolution, which the official code leaves at
+            PyTorch's default, `U(+-1/sqrt(heads))` for weight and bias).
 
     Call arguments:
         inputs: `(batch, tokens, dim)`.
@@ -56,13 +60,14 @@ class ReAttention(MultiHeadSelfAttention):
         if not self.apply_transform:
             return
         heads = self.num_heads
-        # Stored as (out_head, in_head), the orientation of the official 1x1 conv.
+        # Stored as (out_head, in_head), the orientation of the official 1x1 conv,
+        # `nn.Conv2d(heads, heads, 1)`: PyTorch's default init, fan-in `heads`.
         self.reatten_kernel = self.add_weight(
-            shape=(heads, heads),
-            initializer=keras.initializers.VarianceScaling(1.0, "fan_in", "uniform"),
-            name="reatten_kernel",
+            shape=(heads, heads), initializer=torch_default(heads), name="reatten_kernel"
         )
-        self.reatten_bias = self.add_weight(shape=(heads,), initializer="zeros", name="reatten_bias")
+        self.reatten_bias = self.add_weight(
+            shape=(heads,), initializer=torch_default(heads), name="reatten_bias"
+        )
         self.var_norm = torch_batch_norm("var_norm", axis=1, dtype=self.dtype_policy)
         self.var_norm.build((None, heads, None, None))
 

@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from keras_deepvit.layers.attention import MultiHeadSelfAttention
+from keras_deepvit.layers.initializers import depthwise_initializers, torch_default
 from keras_deepvit.layers.map_ops import depthwise_conv_channels_first, mix_channels
 from keras_deepvit.layers.torch_like import (
     batch_norm_fold,
@@ -33,6 +34,10 @@ class DistributedLocalAttention(keras.layers.Layer):
     inference (BatchNorm on moving statistics) the three BatchNorms are folded
     into the convolutions, from the current variables on every call, and
     `refine_folded` can fold a following per-head affine map too.
+
+    The convolutions start from PyTorch's `nn.Conv2d` default, weights
+    `U(+-1/sqrt(fan_in))`, as in the official code (its `_init_weights` touches
+    only linears and LayerNorms); the BatchNorms from weight 1, bias 0.
 
     Args:
         expansion_ratio: float; 1 skips the expansion convolution.
@@ -69,17 +74,24 @@ class DistributedLocalAttention(keras.layers.Layer):
         dtype = self.dtype_policy
         self.conv_exp = None
         if self.expansion_ratio != 1:
-            self.conv_exp = keras.layers.Dense(hidden, use_bias=False, dtype=dtype, name="conv_exp")
+            self.conv_exp = keras.layers.Dense(
+                hidden, use_bias=False, kernel_initializer=torch_default(heads), dtype=dtype,
+                name="conv_exp",
+            )
             self.conv_exp.build(channels_last)
             self.bn1 = torch_batch_norm("bn1", axis=1, dtype=dtype)
             self.bn1.build((None, hidden, None, None))
         self.depth_sep_conv = keras.layers.DepthwiseConv2D(
-            self.kernel_size, padding="same", use_bias=False, dtype=dtype, name="depth_sep_conv"
+            self.kernel_size, padding="same", use_bias=False, dtype=dtype, name="depth_sep_conv",
+            **depthwise_initializers(self.kernel_size, use_bias=False),
         )
         self.depth_sep_conv.build(hidden_last)
         self.bn2 = torch_batch_norm("bn2", axis=1, dtype=dtype)
         self.bn2.build((None, hidden, None, None))
-        self.conv_pro = keras.layers.Dense(heads, use_bias=False, dtype=dtype, name="conv_pro")
+        self.conv_pro = keras.layers.Dense(
+            heads, use_bias=False, kernel_initializer=torch_default(hidden), dtype=dtype,
+            name="conv_pro",
+        )
         self.conv_pro.build(hidden_last)
         self.bn3 = torch_batch_norm("bn3", axis=1, dtype=dtype)
         self.bn3.build((None, heads, None, None))
@@ -163,7 +175,8 @@ class RefinerAttention(MultiHeadSelfAttention):
         refine_attention: bool, refine the fresh maps of a computing block.
         expansion_ratio: float, DLA expansion (the official `head_expand` for
             computing blocks; shared blocks use 3).
-        qkv_bias, attention_dropout, proj_dropout: as `MultiHeadSelfAttention`.
+        qkv_bias, attention_dropout, proj_dropout, initializer: as
+            `MultiHeadSelfAttention` (`initializer` sets `qkv` and `proj`).
 
     Call arguments:
         inputs: `(batch, tokens, dim)`.

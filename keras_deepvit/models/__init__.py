@@ -1,33 +1,11 @@
-"""Model families, the variant registry and the keras.applications-style constructors."""
+"""The three model families (architectures only; the registered variants live in `keras_deepvit.zoo`)."""
 
-from keras_deepvit.models.constructors import (
-    DeepViT16,
-    DeepViT24,
-    DeepViT32,
-    DeepViTL,
-    DeepViTL384,
-    DeepViTS,
-    PiTB,
-    PiTBDistilled,
-    PiTS,
-    PiTSDistilled,
-    PiTTi,
-    PiTTiDistilled,
-    PiTXS,
-    PiTXSDistilled,
-    RefinerViTL,
-    RefinerViTM,
-    RefinerViTS,
-)
+from keras_deepvit.models.base import VisionTransformerFamily
 from keras_deepvit.models.deepvit import DeepViT
 from keras_deepvit.models.pit import PiT
 from keras_deepvit.models.refiner import RefinerViT
-from keras_deepvit.models.registry import create_model, list_models, variant_info
 
-CONSTRUCTORS = [
-    "DeepViT16", "DeepViT24", "DeepViT32", "DeepViTS", "DeepViTL", "DeepViTL384",
-    "RefinerViTS", "RefinerViTM", "RefinerViTL",
-    "PiTTi", "PiTXS", "PiTS", "PiTB", "PiTTiDistilled", "PiTXSDistilled", "PiTSDistilled",
-    "PiTBDistilled",
-]
-__all__ = ["DeepViT", "PiT", "RefinerViT", "create_model", "list_models", "variant_info"] + CONSTRUCTORS
+#: Every family class, for code that handles any keras_deepvit model.
+FAMILIES = (DeepViT, RefinerViT, PiT)
+
+__all__ = ["DeepViT", "FAMILIES", "PiT", "RefinerViT", "VisionTransformerFamily"]

@@ -1,13 +1,7 @@
 """The base class of the three family models: config = constructor arguments,
-plus access to every block's attention maps."""
-
-import threading
+live access to every block's attention maps, and the family's checkpoint layout."""
 
 import keras
-
-#: Set while `attention_model()` builds its twin (see `_finish_init`).
-_ATTENTION_TWIN = threading.local()
-_ATTENTION_TWIN.active = False
 
 
 class VisionTransformerFamily(keras.Model):
@@ -17,47 +11,69 @@ class VisionTransformerFamily(keras.Model):
     PyTorch backend forbids setting layer attributes before `Model.__init__`),
     then call `_finish_init`, which traces the graph with the static
     `trace(layers, inputs, ...)` and afterwards copies the layers onto the model.
-    `attention_model()` traces a twin with `return_attention_maps=True`.
 
-    Every family constructor also takes `weights=`: None, or a checkpoint path
-    (PyTorch, safetensors, `.keras`, `.weights.h5`; see `create_model`).
-    "imagenet" needs a registered name: `create_model(name, weights="imagenet")`.
+    Each family also owns its checkpoint layout (official PyTorch key names):
+    `checkpoint_layout()` lists every official key with the Keras variable it
+    fills, `CLASSIFIER_KEYS` names its heads, `POSITION_EMBEDDING` says how its
+    position embedding is laid out ("tokens": `(1, 1 + patches, dim)` with the
+    class token first; "map": `(1, dim, rows, cols)`) and `patch_grid` gives its grid.
+
+    Family classes build architectures only. Weights load from the top of the
+    package: `keras_deepvit.create_model(name, weights=...)`, the named
+    constructors, or `keras_deepvit.weights.load_weights(model, path)`.
     """
 
+    CLASSIFIER_KEYS = ("head",)
+    POSITION_EMBEDDING = "tokens"
+
     def _finish_init(self, inputs, layers, config, name, **kwargs):
-        # `weights` is applied after building and, as in keras.applications, is
-        # not part of the config: a saved model carries its weights itself.
-        weights = kwargs.pop("weights", None)
-        if getattr(_ATTENTION_TWIN, "active", False):
-            # Keras checks a functional graph's connectivity with the number of outputs
-            # of each layer's *first* call, so layers first called without maps cannot
-            # later be wired into an attention model. A twin built for
-            # `attention_model()` therefore traces with maps first.
-            self.trace(layers, keras.Input(shape=inputs.shape[1:]), return_attention_maps=True)
+        if "weights" in kwargs:
+            raise TypeError(
+                f"{type(self).__name__} builds an architecture and takes no weights= argument; use "
+                "keras_deepvit.create_model(name, weights=...) or a named constructor, or "
+                "keras_deepvit.weights.load_weights(model, path) on the built model."
+            )
+        # The maps are traced first: Keras fixes the number of outputs of a layer's node
+        # from its first call, and the blocks return (x, maps) only in this trace. Both
+        # graphs share every layer, so `attention_model()` reads the live variables.
+        _, maps = self.trace(layers, inputs, return_attention_maps=True)
         outputs, _ = self.trace(layers, inputs, return_attention_maps=False)
         super().__init__(inputs=inputs, outputs=outputs, name=name, **kwargs)
         for key, value in vars(layers).items():
             setattr(self, key, value)
         self._model_input = inputs
+        self._attention_outputs = maps
         self._arch_config = dict(config)
-        if weights is not None:
-            from keras_deepvit.weights.loading import load_weights
-
-            load_weights(self, weights)
+        if "dtype" in kwargs:
+            self._arch_config["dtype"] = keras.dtype_policies.serialize(self.dtype_policy)
 
     @staticmethod
     def trace(layers, inputs, return_attention_maps=False):
         """Runs `layers` on `inputs`: returns `(outputs, attention_maps or None)`."""
         raise NotImplementedError
 
+    def checkpoint_layout(self):
+        """(official key, Keras variable, converter) triples of every parameter."""
+        raise NotImplementedError
+
+    @property
+    def patch_grid(self):
+        """`(rows, cols)` of the patch grid the position embedding covers."""
+        shape = tuple(self.pos_embed.embedding.shape)
+        if self.POSITION_EMBEDDING == "map":
+            return shape[1], shape[2]
+        image = self._arch_config["input_shape"]
+        return tuple(self.patch_embed.compute_output_shape((1,) + tuple(image))[1:3])
+
     def attention_model(self):
-        """A model with this model's current weights that returns every block's attention maps.
+        """A model that returns every block's attention maps, sharing this model's variables.
 
         The maps are the ones each block multiplied `v` with, in PyTorch's layout
         `(batch, heads, tokens, tokens)` with the class token(s) first: after
         re-attention (DeepViT) or refinement (Refiner-ViT). The returned model
         maps the same images to a list with one array per block (PiT: per block
-        of every stage, in order).
+        of every stage, in order). It holds no variables of its own: after
+        training, the same attention model gives the trained model's maps.
 
         Example:
         >>> import numpy as np, keras_deepvit
@@ -66,14 +82,7 @@ class VisionTransformerFamily(keras.Model):
         >>> len(maps), tuple(maps[0].shape)
         (16, (1, 12, 5, 5))
         """
-        _ATTENTION_TWIN.active = True
-        try:
-            twin = self.__class__.from_config(self.get_config())
-        finally:
-            _ATTENTION_TWIN.active = False
-        twin.set_weights(self.get_weights())
-        _, maps = twin.trace(twin, twin._model_input, return_attention_maps=True)
-        return keras.Model(twin._model_input, maps, name=f"{self.name}_attention")
+        return keras.Model(self._model_input, self._attention_outputs, name=f"{self.name}_attention")
 
     def get_config(self):
         config = dict(self._arch_config)
@@ -82,4 +91,7 @@ class VisionTransformerFamily(keras.Model):
 
     @classmethod
     def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        if isinstance(config.get("dtype"), dict):
+            config["dtype"] = keras.dtype_policies.deserialize(config["dtype"])
         return cls(**config)

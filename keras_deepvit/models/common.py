@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from keras_deepvit.layers.initializers import dense_initializers
 from keras_deepvit.layers.preprocessing import ImageNormalization
 from keras_deepvit.layers.torch_like import torch_layer_norm
 
@@ -80,8 +81,31 @@ def final_norm(dtype=None):
     return torch_layer_norm("norm", dtype=dtype)
 
 
-def classifier(classes, name, dtype=None):
-    return keras.layers.Dense(classes, name=name, dtype=dtype)
+def classifier(classes, name, dtype=None, initializer="trunc_normal", input_dim=None):
+    """The `Dense` classifier head, initialised as the family's official head.
+
+    Args:
+        classes: int, output width.
+        name: str, layer name (`head`, `head_dist`, `aux_head`).
+        dtype: dtype policy.
+        initializer: "trunc_normal" (DeepViT, Refiner-ViT) or "torch_default"
+            (PiT), see `keras_deepvit.layers.initializers`.
+        input_dim: int, the head's input width; needed by "torch_default",
+            whose bias bound is `1/sqrt(input_dim)`.
+
+    Example:
+    >>> head = classifier(10, "head", initializer="torch_default", input_dim=64)
+    >>> head.build((None, 64)); float(keras.ops.max(keras.ops.abs(head.bias))) <= 0.125
+    True
+    """
+    if initializer == "torch_default" and input_dim is None:
+        raise ValueError(
+            f"classifier '{name}': initializer='torch_default' draws the bias from "
+            "U(+-1/sqrt(input_dim)), so it needs input_dim (the head's input width)."
+        )
+    return keras.layers.Dense(
+        classes, name=name, dtype=dtype, **dense_initializers(initializer, input_dim)
+    )
 
 
 def activation(classifier_activation, dtype=None):

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import keras
 
 from keras_deepvit.layers.blocks import ReAttentionBlock
-from keras_deepvit.models import common
+from keras_deepvit.models import common, layout
 from keras_deepvit.models.base import VisionTransformerFamily
 
 #: Channels of DeepViT's CNN patch stem (official `PatchEmbed_CNN`).
@@ -66,6 +66,9 @@ class DeepViT(VisionTransformerFamily):
     (1, 5)
     """
 
+    #: Input normalisation of the official code (mean, std), applied by `include_preprocessing`.
+    MEAN_STD = common.HALF_MEAN_STD
+
     def __init__(
         self,
         depth=16,
@@ -98,7 +101,7 @@ class DeepViT(VisionTransformerFamily):
         dtype = kwargs.get("dtype")
 
         ns = SimpleNamespace()
-        ns.preprocessing = common.preprocessing(include_preprocessing, common.HALF_MEAN_STD, dtype)
+        ns.preprocessing = common.preprocessing(include_preprocessing, self.MEAN_STD, dtype)
         common.add_vit_embedding(
             ns, name, stem, DEEPVIT_STEM_FILTERS, embed_dim, patch_size, dropout_rate, dtype
         )
@@ -130,6 +133,9 @@ class DeepViT(VisionTransformerFamily):
             rematerialize_blocks=rematerialize_blocks,
         )
         self._finish_init(inputs, ns, config, name, **kwargs)
+
+    def checkpoint_layout(self):
+        return layout.vit_entries(self)
 
     @staticmethod
     def trace(layers, inputs, return_attention_maps=False):

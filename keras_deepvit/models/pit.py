@@ -11,7 +11,7 @@ from keras import ops
 from keras_deepvit.layers.blocks import TransformerBlock
 from keras_deepvit.layers.embeddings import ClassTokens, ConvPatchEmbedding, PositionEmbedding
 from keras_deepvit.layers.pooling import ConvHeadPooling
-from keras_deepvit.models import common
+from keras_deepvit.models import common, layout
 from keras_deepvit.models.base import VisionTransformerFamily
 
 
@@ -53,6 +53,10 @@ class PiT(VisionTransformerFamily):
     >>> model(np.zeros((1, 64, 64, 3), "float32")).shape
     (1, 5)
     """
+
+    CLASSIFIER_KEYS = ("head", "head_dist")
+    POSITION_EMBEDDING = "map"
+    MEAN_STD = common.IMAGENET_MEAN_STD
 
     def __init__(
         self,
@@ -99,7 +103,7 @@ class PiT(VisionTransformerFamily):
         total = sum(depth)
 
         ns = SimpleNamespace()
-        ns.preprocessing = common.preprocessing(include_preprocessing, common.IMAGENET_MEAN_STD, dtype)
+        ns.preprocessing = common.preprocessing(include_preprocessing, self.MEAN_STD, dtype)
         ns.patch_embed = ConvPatchEmbedding(widths[0], patch_size, stride, name="patch_embed", dtype=dtype)
         ns.pos_embed = PositionEmbedding(name="pos_embed", dtype=dtype)
         ns.pos_drop = keras.layers.Dropout(dropout_rate, name="pos_drop", dtype=dtype)
@@ -113,7 +117,7 @@ class PiT(VisionTransformerFamily):
                         drop_path_rate=drop_path_rate * (index + j) / total,
                         dropout=dropout_rate, attention_dropout=attention_dropout_rate,
                         name=f"transformers_{s}_blocks_{j}", dtype=dtype,
-                        rematerialize=rematerialize_blocks,
+                        rematerialize=rematerialize_blocks, initializer="torch_default",
                     )
                     for j in range(stage_depth)
                 ]
@@ -122,8 +126,13 @@ class PiT(VisionTransformerFamily):
             if s + 1 < len(depth):
                 ns.pools.append(ConvHeadPooling(widths[s + 1], name=f"pools_{s}", dtype=dtype))
         ns.norm = common.final_norm(dtype)
-        ns.head = common.classifier(classes, "head", dtype) if include_top else None
-        ns.head_dist = common.classifier(classes, "head_dist", dtype) if include_top and distilled else None
+        # PiT's `_init_weights` resets LayerNorms only: its linears keep PyTorch's default.
+        head_init = dict(initializer="torch_default", input_dim=widths[-1])
+        ns.head = common.classifier(classes, "head", dtype, **head_init) if include_top else None
+        ns.head_dist = (
+            common.classifier(classes, "head_dist", dtype, **head_init)
+            if include_top and distilled else None
+        )
         ns.predictions = common.activation(classifier_activation) if include_top else None
         ns.include_top = include_top
         ns.pooling = pooling
@@ -140,6 +149,22 @@ class PiT(VisionTransformerFamily):
             rematerialize_blocks=rematerialize_blocks,
         )
         self._finish_init(inputs, ns, config, name, **kwargs)
+
+    def checkpoint_layout(self):
+        """Official `naver-ai/pit` key names (`pools.{i}` for the poolings)."""
+        entries = [
+            ("pos_embed", self.pos_embed.embedding, layout.MAP_NCHW),
+            ("cls_token", self.cls_token.tokens, layout.IDENTITY),
+        ]
+        entries += layout.layer_entries("patch_embed.conv", self.patch_embed.conv)
+        for s, stage in enumerate(self.stages):
+            for j, block in enumerate(stage):
+                entries += layout.block_entries(f"transformers.{s}.blocks.{j}", block)
+        for i, pool in enumerate(self.pools):
+            entries += layout.layer_entries(f"pools.{i}.conv", pool.conv)
+            entries += layout.layer_entries(f"pools.{i}.fc", pool.fc)
+        entries += layout.layer_entries("norm", self.norm)
+        return entries + layout.head_entries(self)
 
     @staticmethod
     def trace(layers, inputs, return_attention_maps=False):

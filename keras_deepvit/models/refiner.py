@@ -11,7 +11,7 @@ from keras import ops
 
 from keras_deepvit.layers.blocks import RefinerBlock
 from keras_deepvit.layers.refiner_attention import SHARED_EXPANSION_RATIO
-from keras_deepvit.models import common
+from keras_deepvit.models import common, layout
 from keras_deepvit.models.base import VisionTransformerFamily
 
 #: Channels of Refiner-ViT's CNN patch stem (official `PatchEmbed_cnn`, after T2T-ViT).
@@ -58,6 +58,9 @@ class RefinerViT(VisionTransformerFamily):
     (1, 5)
     """
 
+    CLASSIFIER_KEYS = ("head", "aux_head")
+    MEAN_STD = common.HALF_MEAN_STD
+
     def __init__(
         self,
         depth=16,
@@ -98,7 +101,7 @@ class RefinerViT(VisionTransformerFamily):
         dtype = kwargs.get("dtype")
 
         ns = SimpleNamespace()
-        ns.preprocessing = common.preprocessing(include_preprocessing, common.HALF_MEAN_STD, dtype)
+        ns.preprocessing = common.preprocessing(include_preprocessing, self.MEAN_STD, dtype)
         common.add_vit_embedding(
             ns, name, stem, REFINER_STEM_FILTERS, embed_dim, patch_size, dropout_rate, dtype
         )
@@ -135,6 +138,9 @@ class RefinerViT(VisionTransformerFamily):
             rematerialize_blocks=rematerialize_blocks,
         )
         self._finish_init(inputs, ns, config, name, **kwargs)
+
+    def checkpoint_layout(self):
+        return layout.vit_entries(self)
 
     @staticmethod
     def trace(layers, inputs, return_attention_maps=False):

@@ -1,15 +1,15 @@
 """Weights: read PyTorch/safetensors checkpoints without torch, map them onto our models,
-resample position embeddings, and fetch the official ImageNet checkpoints."""
+resample position embeddings, download into the cache. Nothing here knows the
+registered variants (that is `keras_deepvit.zoo`)."""
 
 from keras_deepvit.weights.checkpoint import extract_state_dict, normalize_state_dict
-from keras_deepvit.weights.identify import architecture_of, describe, looks_like
+from keras_deepvit.weights.identify import architecture_of, describe
 from keras_deepvit.weights.loading import (
     load_checkpoint,
     load_state_dict_into,
     load_weights,
     read_state_dict,
 )
-from keras_deepvit.weights.pretrained import PRETRAINED, pretrained_info
 from keras_deepvit.weights.resample import resample_map_embedding, resample_token_embedding
 from keras_deepvit.weights.state_dict import (
     keras_to_torch_state_dict,
@@ -19,7 +19,6 @@ from keras_deepvit.weights.state_dict import (
 from keras_deepvit.weights.torch_layout import torch_layout
 
 __all__ = [
-    "PRETRAINED",
     "architecture_of",
     "describe",
     "extract_state_dict",
@@ -28,10 +27,8 @@ __all__ = [
     "load_state_dict_into",
     "load_torch_state_dict",
     "load_weights",
-    "looks_like",
     "normalize_keys",
     "normalize_state_dict",
-    "pretrained_info",
     "read_state_dict",
     "resample_map_embedding",
     "resample_token_embedding",

@@ -2,15 +2,14 @@
 
 `architecture_of(state_dict)` summarises an official-key state dict (family,
 widths, depths, stem, heads where the weights reveal them, classes, patch grid);
-`looks_like(state_dict)` names the registered variants with that architecture.
-Used to say "this checkpoint looks like pit_s" when a checkpoint does not fit
-the requested model. Head counts of plain attention are not visible in the
+`keras_deepvit.zoo.looks_like` compares it with the registered variants, to
+say "this checkpoint looks like pit_s" when a checkpoint does not fit the
+requested model. Head counts of plain attention are not visible in the
 weights (q, k and v are one matrix), so they never rule a variant out.
 """
 
 import re
 
-from keras_deepvit.models.variants import VARIANTS
 
 _BLOCK = re.compile(r"^blocks\.(\d+)\.")
 _PIT_BLOCK = re.compile(r"^transformers\.(\d+)\.blocks\.(\d+)\.")
@@ -82,9 +81,9 @@ def architecture_of(state_dict):
     Example:
     >>> import keras_deepvit
     >>> from keras_deepvit.weights import keras_to_torch_state_dict
-    >>> model = keras_deepvit.create_model("pit_ti", input_shape=(64, 64, 3))
+    >>> model = keras_deepvit.PiT(base_dims=(8, 8), depth=(1, 1), heads=(2, 4), input_shape=(64, 64, 3))
     >>> architecture_of(keras_to_torch_state_dict(model))["widths"]
-    [64, 128, 256]
+    [16, 32]
     """
     try:
         if any(k.startswith(("transformers.", "pools.")) for k in state_dict):
@@ -96,76 +95,20 @@ def architecture_of(state_dict):
     return None
 
 
-def variant_architecture(name):
-    """The same summary for a registered variant, from its architecture arguments."""
-    info = VARIANTS[name]
-    arch = info["arch"]
-    family = info["family"].__name__
-    if family == "PiT":
-        return {
-            "family": "pit",
-            "depth": list(arch["depth"]),
-            "widths": [b * h for b, h in zip(arch["base_dims"], arch["heads"])],
-            "patch_size": arch["patch_size"],
-            "distilled": bool(arch.get("distilled", False)),
-        }
-    depth = arch["depth"]
-    summary = {
-        "family": "refiner" if family == "RefinerViT" else "deepvit",
-        "embed_dim": arch["embed_dim"],
-        "depth": depth,
-        "stem": arch.get("stem", "patch"),
-        "mlp_hidden": int(arch["embed_dim"] * arch["mlp_ratio"]),
-        "heads": arch["num_heads"],
-    }
-    if family == "RefinerViT":
-        summary["dense_head"] = bool(arch.get("dense_head", False))
-    else:
-        flags = arch.get("re_attention", True)
-        summary["re_attention"] = [bool(flags)] * depth if isinstance(flags, bool) else list(flags)
-    return summary
-
-
-def looks_like(state_dict):
-    """Registered variants whose architecture matches the state dict's, best first.
-
-    Variants at the checkpoint's own resolution come first (e.g. `refiner_s`
-    before `refiner_s_384` for a 224 checkpoint).
+def describe(state_dict, variants=None):
+    """One line for error messages: the architecture found and, when the caller
+    (the zoo) compared it with the registered variants, the ones it matches.
 
     Example:
-    >>> import keras_deepvit
-    >>> from keras_deepvit.weights import keras_to_torch_state_dict
-    >>> model = keras_deepvit.create_model("pit_ti", input_shape=(64, 64, 3))
-    >>> looks_like(keras_to_torch_state_dict(model))
-    ['pit_ti']
+    >>> describe({"fc.weight": None})
+    'The keys are not those of a DeepViT, Refiner-ViT or PiT checkpoint.'
     """
     found = architecture_of(state_dict)
     if found is None:
-        return []
-    matches = []
-    for name in sorted(VARIANTS):
-        expected = variant_architecture(name)
-        if all(found.get(k) == v for k, v in expected.items() if k in found):
-            matches.append(name)
-
-    def same_resolution(name):
-        size = VARIANTS[name]["size"]
-        if found["family"] == "pit":
-            arch = VARIANTS[name]["arch"]
-            side = (size - arch["patch_size"]) // arch["stride"] + 1
-            return tuple(found["grid"] or ()) == (side, side)
-        return found["tokens"] == 1 + (size // 16) ** 2
-
-    return sorted(matches, key=lambda n: (not same_resolution(n), n))
-
-
-def describe(state_dict):
-    """One line for error messages: the architecture found and the variants it matches."""
-    found = architecture_of(state_dict)
-    if found is None:
         return "The keys are not those of a DeepViT, Refiner-ViT or PiT checkpoint."
-    names = looks_like(state_dict)
     details = ", ".join(f"{k}={v}" for k, v in found.items() if k != "family")
-    if names:
-        return f"The checkpoint looks like {names[0]!r} ({found['family']}: {details})."
+    if variants:
+        return f"The checkpoint looks like {variants[0]!r} ({found['family']}: {details})."
+    if variants is None:
+        return f"The checkpoint is a {found['family']} model ({details})."
     return f"The checkpoint is a {found['family']} model matching no registered variant ({details})."

@@ -1,4 +1,4 @@
-"""The `weights=` argument: Keras files, PyTorch/safetensors checkpoints, "imagenet".
+"""Weights files into built models: Keras files and PyTorch/safetensors checkpoints.
 
 Every checkpoint goes the same way: read it without torch, find and normalise
 its state dict, fit it to the model (position embeddings resampled to the
@@ -12,6 +12,7 @@ import warnings
 
 import keras
 
+from keras_deepvit.models.base import VisionTransformerFamily
 from keras_deepvit.weights.checkpoint import extract_state_dict, normalize_state_dict
 from keras_deepvit.weights.identify import describe
 from keras_deepvit.weights.resample import (
@@ -26,17 +27,13 @@ HEAD_KEYS = ("head", "head_dist", "aux_head")
 KERAS_SUFFIXES = (".weights.h5", ".keras")
 
 
-def _is_pit(model):
-    return hasattr(model, "stages")
-
-
 def _fit_position_embedding(model, state_dict, source_grid):
     """Resamples the checkpoint's `pos_embed` to the model's patch grid when they differ."""
     given = state_dict.get("pos_embed")
-    if given is None or not hasattr(model, "pos_embed"):
+    if given is None:
         return state_dict
     target = tuple(model.pos_embed.embedding.shape)
-    if _is_pit(model):
+    if model.POSITION_EMBEDDING == "map":
         wanted = (target[0], target[3], target[1], target[2])  # PyTorch (1, C, H, W)
         if given.ndim != 4 or given.shape == wanted or given.shape[1] != wanted[1]:
             return state_dict  # equal, or a real mismatch the strict loader reports
@@ -44,9 +41,9 @@ def _fit_position_embedding(model, state_dict, source_grid):
     else:
         if given.ndim != 3 or given.shape == target or given.shape[2] != target[2]:
             return state_dict
-        image = model._arch_config["input_shape"]
-        grid = model.patch_embed.compute_output_shape((1,) + tuple(image))[1:3]
-        resized = resample_token_embedding(given, grid, num_prefix_tokens=1, source_grid=source_grid)
+        resized = resample_token_embedding(
+            given, model.patch_grid, num_prefix_tokens=1, source_grid=source_grid
+        )
     logger.info("Resampled pos_embed %s -> %s (bicubic).", given.shape, resized.shape)
     return dict(state_dict, pos_embed=resized)
 
@@ -56,16 +53,16 @@ def _heads_to_skip(model, state_dict):
     in_checkpoint = [k for k in HEAD_KEYS if f"{k}.weight" in state_dict]
     if not in_checkpoint:
         return (), None
-    if not model._arch_config.get("include_top", True):
+    if not model.get_config().get("include_top", True):
         return HEAD_KEYS, "include_top=False"
-    classes = model._arch_config.get("classes")
+    classes = model.get_config().get("classes")
     given = state_dict[f"{in_checkpoint[0]}.weight"].shape[0]
     if classes != given:
         return HEAD_KEYS, f"classes={classes} differs from the checkpoint's {given}"
     return (), None
 
 
-def load_state_dict_into(model, state_dict, source="state dict", source_grid=None):
+def load_state_dict_into(model, state_dict, source="state dict", source_grid=None, describe=describe):
     """Loads an official-layout state dict into `model`, adapting size and head.
 
     Position embeddings are resampled to the model's input size; when the model
@@ -80,6 +77,8 @@ def load_state_dict_into(model, state_dict, source="state dict", source_grid=Non
         source: name used in messages (a file path).
         source_grid: `(rows, cols)` of a non-square DeepViT/Refiner checkpoint's
             patch grid, needed only to resample it.
+        describe: state dict -> one line for the error message (the zoo's
+            names the registered variant the checkpoint looks like).
 
     Returns:
         The list of official keys loaded.
@@ -132,14 +131,14 @@ def read_state_dict(path, prefer_ema=True):
     return normalize_state_dict(state_dict), description
 
 
-def load_checkpoint(model, path, prefer_ema=True, source_grid=None):
+def load_checkpoint(model, path, prefer_ema=True, source_grid=None, describe=describe):
     """Loads a PyTorch (`.pth`, `.pth.tar`, `.bin`, zip or legacy) or `.safetensors` file.
 
     Args:
         model: a `DeepViT`, `RefinerViT` or `PiT`.
         path: the checkpoint file (official, timm or train-script layout).
         prefer_ema: use EMA weights when the checkpoint has both.
-        source_grid: see `load_state_dict_into`.
+        source_grid, describe: see `load_state_dict_into`.
 
     Returns:
         A description of what was loaded (format and container).
@@ -156,16 +155,16 @@ def load_checkpoint(model, path, prefer_ema=True, source_grid=None):
     (None, 1000)
     """
     state_dict, description = read_state_dict(path, prefer_ema)
-    load_state_dict_into(model, state_dict, source=path, source_grid=source_grid)
+    load_state_dict_into(model, state_dict, source=path, source_grid=source_grid, describe=describe)
     return description
 
 
-def _load_keras_file(model, path):
+def _load_keras_file(model, path, describe):
     if path.endswith(".keras"):
         saved = keras.saving.load_model(path, compile=False)
-        if not hasattr(saved, "_arch_config"):
+        if not isinstance(saved, VisionTransformerFamily):
             raise ValueError(f"{path}: not a keras_deepvit model ({type(saved).__name__}).")
-        load_state_dict_into(model, keras_to_torch_state_dict(saved), source=path)
+        load_state_dict_into(model, keras_to_torch_state_dict(saved), source=path, describe=describe)
         return
     before = model.get_weights()
     try:
@@ -180,16 +179,18 @@ def _load_keras_file(model, path):
         ) from None
 
 
-def load_weights(model, weights, variant=None, prefer_ema=True):
-    """Applies a constructor's `weights` argument to a built model.
+def load_weights(model, weights, prefer_ema=True, describe=describe):
+    """Loads a weights file into a built model (any family).
 
     Args:
         model: a `DeepViT`, `RefinerViT` or `PiT`.
-        weights: None, "imagenet", or a path: Keras `.weights.h5` (same
+        weights: None (nothing to do) or a path: Keras `.weights.h5` (same
             configuration) or `.keras` (any input size/classes), or a PyTorch
             (`.pth`, `.pth.tar`, `.pt`, `.bin`) / `.safetensors` checkpoint.
-        variant: the registered name, needed for "imagenet".
+            `"imagenet"` belongs to the registered variants:
+            `keras_deepvit.create_model(name, weights="imagenet")`.
         prefer_ema: for checkpoints with both raw and EMA weights.
+        describe: see `load_state_dict_into`.
 
     Returns:
         The model.
@@ -197,15 +198,10 @@ def load_weights(model, weights, variant=None, prefer_ema=True):
     if weights is None:
         return model
     if isinstance(weights, str) and weights == "imagenet":
-        if variant is None:
-            raise ValueError(
-                "weights='imagenet' needs a registered model: use "
-                "keras_deepvit.create_model(name, weights='imagenet') or a named constructor."
-            )
-        from keras_deepvit.weights.imagenet_weights import load_imagenet_weights
-
-        load_imagenet_weights(model, variant)
-        return model
+        raise ValueError(
+            "weights='imagenet' needs a registered model: use "
+            "keras_deepvit.create_model(name, weights='imagenet') or a named constructor."
+        )
     try:
         path = os.fspath(weights)
     except TypeError:
@@ -215,7 +211,7 @@ def load_weights(model, weights, variant=None, prefer_ema=True):
     if not os.path.isfile(path):
         raise ValueError(f"weights file not found: {path!r}.")
     if path.endswith(KERAS_SUFFIXES):
-        _load_keras_file(model, path)
+        _load_keras_file(model, path, describe)
     else:
-        load_checkpoint(model, path, prefer_ema=prefer_ema)
+        load_checkpoint(model, path, prefer_ema=prefer_ema, describe=describe)
     return model

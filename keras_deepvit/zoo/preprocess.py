@@ -8,30 +8,17 @@ The models normalise their input themselves by default
 
 from keras import ops
 
-from keras_deepvit.models.common import HALF_MEAN_STD, IMAGENET_MEAN_STD
-from keras_deepvit.models.registry import variant_info
-from keras_deepvit.weights.pretrained import PRETRAINED
+from keras_deepvit.zoo.registry import variant_info
 
 
 def preprocessing_config(model_name):
-    """Mean, std, input size, crop_pct and interpolation the variant was evaluated with.
-
-    Variants without a published checkpoint get their family's defaults
-    (the official code's configs).
+    """Mean, std, input size, crop_pct and interpolation of the variant's record.
 
     Example:
     >>> preprocessing_config("pit_s")["mean"]
     (0.485, 0.456, 0.406)
     """
-    info = variant_info(model_name)
-    if model_name in PRETRAINED:
-        entry = PRETRAINED[model_name]
-        return dict(mean=entry.mean, std=entry.std, input_size=entry.input_size,
-                    crop_pct=entry.crop_pct, interpolation=entry.interpolation)
-    mean, std = IMAGENET_MEAN_STD if info["family"].__name__ == "PiT" else HALF_MEAN_STD
-    crop_pct = 1.0 if info["size"] >= 384 else 0.9
-    return dict(mean=mean, std=std, input_size=info["size"], crop_pct=crop_pct,
-                interpolation="bicubic")
+    return variant_info(model_name).preprocessing
 
 
 def preprocess_input(x, model_name):

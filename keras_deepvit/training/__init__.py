@@ -1,0 +1,1 @@
+"""Training: the papers' recipe as Keras pieces, data pipelines, distribution."""
