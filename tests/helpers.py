@@ -157,11 +157,25 @@ def assert_same_outputs(a, b, atol=1e-6):
         np.testing.assert_allclose(a, b, atol=atol, rtol=1e-5)
 
 
+def dtype_policies(layer):
+    """The dtype policy of a layer or model and of every layer inside it, by path."""
+    return {"": layer.dtype_policy.name} | {
+        sub.path: sub.dtype_policy.name for sub in layer._flatten_layers(include_self=False)
+    }
+
+
+def assert_same_dtypes(restored, original):
+    """Every layer of `restored` computes and stores as in `original` (mixed precision kept)."""
+    assert dtype_policies(restored) == dtype_policies(original)
+    assert [v.dtype for v in restored.weights] == [v.dtype for v in original.weights]
+
+
 def check_model_round_trips(model, inputs, tmp_path):
-    """from_config, `.keras` saving and `.weights.h5` reload reproduce the outputs."""
+    """from_config, `.keras` saving and `.weights.h5` reload reproduce the outputs and dtypes."""
     expected = model(inputs, training=False)
     clone = model.__class__.from_config(model.get_config())
     assert clone.get_config() == model.get_config()
+    assert_same_dtypes(clone, model)
     clone.set_weights(model.get_weights())
     assert_same_outputs(clone(inputs, training=False), expected)
 
@@ -169,6 +183,7 @@ def check_model_round_trips(model, inputs, tmp_path):
     model.save(path)
     loaded = keras.saving.load_model(path)
     assert type(loaded) is type(model)
+    assert_same_dtypes(loaded, model)
     assert_same_outputs(loaded(inputs, training=False), expected)
 
     weights_path = tmp_path / "model.weights.h5"
@@ -202,6 +217,7 @@ def check_layer(layer_cls, init_kwargs, inputs, call_kwargs=None, tmp_path=None,
     config = layer.get_config()
     clone = layer_cls.from_config(config)
     assert clone.get_config() == config
+    assert clone.dtype_policy.name == layer.dtype_policy.name
 
     inputs = inputs if isinstance(inputs, (list, tuple)) else [inputs]
     symbolic = [keras.Input(shape=np.shape(x)[1:]) for x in inputs]
@@ -223,6 +239,7 @@ def check_layer(layer_cls, init_kwargs, inputs, call_kwargs=None, tmp_path=None,
         path = tmp_path / "layer.keras"
         model.save(path)
         loaded = keras.saving.load_model(path)
+        assert_same_dtypes(loaded, model)
         data = inputs if len(inputs) > 1 else inputs[0]
         assert_same_outputs(loaded(data), model(data))
     return layer

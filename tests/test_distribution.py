@@ -7,6 +7,7 @@ backend): the JAX scenarios in the jax pass, the TensorFlow one in the tensorflo
 pass. The argument checks run in-process on every backend.
 """
 
+import doctest
 import os
 import socket
 import subprocess
@@ -226,3 +227,8 @@ def test_torch_has_no_data_parallel_and_auto_falls_back_to_one_device():
     with pytest.raises(ValueError, match="no multi-device training on the torch backend"):
         distribution_scope("data_parallel")
     assert distribution_scope("auto").kind == "none"
+
+
+def test_docstring_examples():
+    result = doctest.testmod(distribute)
+    assert result.failed == 0 and result.attempted >= 3

@@ -48,6 +48,16 @@ def test_layer_contract(case, tmp_path):
     check_layer(layer_cls, kwargs, inputs, call_kwargs, tmp_path=tmp_path)
 
 
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_layer_keeps_a_mixed_precision_policy(case, tmp_path):
+    layer_cls, kwargs, inputs, call_kwargs = CASES[case]
+    layer = check_layer(
+        layer_cls, dict(kwargs, dtype="mixed_bfloat16"), inputs, call_kwargs, tmp_path=tmp_path, train=False
+    )
+    assert layer.dtype_policy.name == "mixed_bfloat16"
+    assert all(v.dtype == "float32" for v in layer.weights)
+
+
 def test_every_public_layer_is_covered():
     covered = {CASES[c][0].__name__ for c in CASES}
     assert covered == set(layers.__all__)

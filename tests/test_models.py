@@ -29,9 +29,28 @@ def small(family, **kwargs):
     return cls(**arch)
 
 
+@pytest.mark.parametrize("dtype", [None, "mixed_bfloat16"])
 @pytest.mark.parametrize("family", sorted(SMALL))
-def test_round_trips(family, tmp_path):
-    check_model_round_trips(small(family, drop_path_rate=0.1), IMAGES, tmp_path)
+def test_round_trips(family, dtype, tmp_path):
+    model = small(family, drop_path_rate=0.1, **({"dtype": dtype} if dtype else {}))
+    check_model_round_trips(model, IMAGES, tmp_path)
+
+
+@pytest.mark.parametrize("family", sorted(SMALL))
+def test_mixed_bfloat16_survives_keras_saving(family, tmp_path):
+    policy = keras.dtype_policies.DTypePolicy("mixed_bfloat16")  # a policy object, not only a name
+    model = small(family, dtype=policy)
+    model.save(tmp_path / "mixed.keras")
+    loaded = keras.saving.load_model(tmp_path / "mixed.keras")
+    assert loaded.dtype_policy.name == "mixed_bfloat16"
+    blocks = [layer for layer in loaded._flatten_layers() if "blocks" in layer.name]
+    assert blocks and all(layer.compute_dtype == "bfloat16" for layer in blocks)
+    assert all(v.dtype == "float32" for v in loaded.weights)  # float32 master weights
+    block = blocks[0]
+    tokens = keras.ops.zeros((1,) + tuple(block._inbound_nodes[-1].input_tensors[0].shape[1:]))
+    out = block(tokens)
+    assert keras.backend.standardize_dtype((out[0] if isinstance(out, (list, tuple)) else out).dtype) == "bfloat16"
+    assert keras.backend.standardize_dtype(loaded(IMAGES).dtype) == "float32"  # float32 softmax output
 
 
 @pytest.mark.parametrize("family", sorted(SMALL))

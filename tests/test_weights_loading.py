@@ -244,6 +244,15 @@ class TestWithTorchFiles:
         path = tmp_path / "evil.pth"
         self.torch.save({"state_dict": state}, path)
         family, arch = SMALL["pit"]
-        with pytest.raises(ValueError, match="system"):
-            built_with(family, path, input_shape=(64, 64, 3), **arch)
+        model = family(input_shape=(64, 64, 3), **arch)
+        before = model.get_weights()
+        with pytest.raises(ValueError, match=r"holds a pickled call to posix\.system at key 'norm\.weight'; "
+                           "nothing was executed"):
+            keras_deepvit.weights.load_weights(model, path)
+        assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
+        # A payload standing for all the weights: no state dict, and the message still says why.
+        self.torch.save({"pos_embed": Payload()}, path)
+        with pytest.raises(ValueError, match=r"no model weights could be read: the file holds a pickled "
+                           r"call to posix\.system at key 'pos_embed'"):
+            keras_deepvit.weights.read_state_dict(path)
         assert not marker.exists()

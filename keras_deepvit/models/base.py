@@ -38,13 +38,18 @@ class VisionTransformerFamily(keras.Model):
         # graphs share every layer, so `attention_model()` reads the live variables.
         _, maps = self.trace(layers, inputs, return_attention_maps=True)
         outputs, _ = self.trace(layers, inputs, return_attention_maps=False)
+        # A functional model drops `dtype`; the layers were built with it, and the
+        # model's own policy and config must say so for saving and mixed precision.
+        dtype = kwargs.pop("dtype", None)
         super().__init__(inputs=inputs, outputs=outputs, name=name, **kwargs)
+        if dtype is not None:
+            self.dtype_policy = dtype
         for key, value in vars(layers).items():
             setattr(self, key, value)
         self._model_input = inputs
         self._attention_outputs = maps
         self._arch_config = dict(config)
-        if "dtype" in kwargs:
+        if dtype is not None:
             self._arch_config["dtype"] = keras.dtype_policies.serialize(self.dtype_policy)
 
     @staticmethod

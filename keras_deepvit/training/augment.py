@@ -213,12 +213,32 @@ class TimmRandAugment(keras.layers.RandAugment):
             factor=(fewest_bits, 5), value_range=value_range, seed=op_seed())
         self.solarization = keras.layers.Solarization(
             addition_factor=0.0, threshold_factor=(0.0, 1.0), value_range=value_range, seed=op_seed())
+        self.equalization = _Equalization(value_range=value_range)
 
     def get_config(self):
         config = super().get_config()
         del config["factor"]
         config["magnitude"] = self.magnitude
         return config
+
+
+class _Equalization(keras.layers.Equalization):
+    """`keras.layers.Equalization` whose histogram follows the backend it runs on.
+
+    Keras 3.15 chooses its JAX histogram (256 unrolled compare-and-sum steps per
+    channel) by the global backend, also inside `tf.data`, where the layer runs
+    on TensorFlow: with `KERAS_BACKEND=jax` that made `TimmRandAugment`'s first
+    batch take about 50 s to trace and each image about 20 ms. This takes
+    TensorFlow's `bincount` there, as Keras does on the other backends.
+    """
+
+    def _custom_histogram_fixed_width(self, values, value_range, nbins):
+        if self.backend.name == "jax":
+            return super()._custom_histogram_fixed_width(values, value_range, nbins)
+        low, high = (float(bound) for bound in value_range)
+        scaled = (self.backend.cast(values, "float32") - low) * (nbins - 1) / (high - low)
+        indices = self.backend.numpy.clip(self.backend.cast(scaled, "int32"), 0, nbins - 1)
+        return self.backend.numpy.bincount(self.backend.numpy.reshape(indices, [-1]), minlength=nbins)
 
 
 def random_resized_crop(image, image_size, seed, scale=(0.08, 1.0), ratio=(3.0 / 4.0, 4.0 / 3.0),

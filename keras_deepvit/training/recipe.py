@@ -203,9 +203,11 @@ def build_optimizer(model, learning_rate, weight_decay=WEIGHT_DECAY, clip_norm=N
     moving average of the trainable weights (Keras `use_ema=True, ema_momentum=...`;
     the official configs use 0.99996): add `keras.callbacks.SwapEMAWeights()` to `fit`
     (or `evaluate`) to evaluate with the averaged weights, and
-    `SwapEMAWeights(swap_on_epoch=True)` before a `ModelCheckpoint` to save them. Unlike
-    timm's `ModelEmaV2`, Keras averages trainable weights only: BatchNorm moving
-    statistics stay the raw model's.
+    `SwapEMAWeights(swap_on_epoch=True)` before a `ModelCheckpoint` to save them. Keras
+    ends `fit` by writing the averages into the model (`finalize_variable_values`), so
+    after `fit` the model holds the EMA weights (the official scripts keep both and
+    report the EMA model's accuracy). Unlike timm's `ModelEmaV2`, Keras averages
+    trainable weights only: BatchNorm moving statistics stay the raw model's.
 
     Args:
         model: the Keras model to train.

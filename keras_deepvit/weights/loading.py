@@ -19,6 +19,7 @@ from keras_deepvit.weights.resample import (
     resample_map_embedding,
     resample_token_embedding,
 )
+from keras_deepvit.weights.restricted_unpickler import placeholder_kind
 from keras_deepvit.weights.state_dict import keras_to_torch_state_dict, load_torch_state_dict
 
 logger = logging.getLogger(__name__)
@@ -98,6 +99,16 @@ def load_state_dict_into(model, state_dict, source="state dict", source_grid=Non
     return loaded
 
 
+def _refusal(found):
+    where, _ = found[0]
+    more = f" (and {len(found) - 1} more refused objects)" if len(found) > 1 else ""
+    return (
+        f"holds {placeholder_kind(found[0].placeholder)} at key {where!r}{more}; nothing was "
+        "executed. Only tensors and plain containers are read from checkpoints: re-save the "
+        "state dict with plain tensors (torch.save(model.state_dict(), ...))."
+    )
+
+
 def read_state_dict(path, prefer_ema=True):
     """The normalised state dict of a PyTorch or safetensors checkpoint file, without torch.
 
@@ -112,15 +123,17 @@ def read_state_dict(path, prefer_ema=True):
     from keras_deepvit.weights.checkpoint_reader import find_placeholders, read_checkpoint
 
     checkpoint = read_checkpoint(path)
-    state_dict, location = extract_state_dict(checkpoint.content, prefer_ema, source=path)
+    try:
+        state_dict, location = extract_state_dict(checkpoint.content, prefer_ema, source=path)
+    except ValueError:
+        # No state dict: if refused globals stand where the weights would be, say so.
+        refused = find_placeholders(checkpoint.content)
+        if not refused:
+            raise
+        raise ValueError(f"{path}: no model weights could be read: the file " + _refusal(refused)) from None
     inside = find_placeholders(state_dict)
     if inside:
-        where, name = inside[0]
-        raise ValueError(
-            f"{path}: the weights contain a pickled {name!r} object (at {where!r}); only "
-            "tensors and plain containers are read from checkpoints, no code is run. "
-            "Re-save the state dict with plain tensors (torch.save(model.state_dict(), ...))."
-        )
+        raise ValueError(f"{path}: the weights " + _refusal(inside))
     if checkpoint.placeholders:
         warnings.warn(
             f"{path}: ignored pickled objects outside the weights ({', '.join(checkpoint.placeholders)}); "

@@ -378,6 +378,15 @@ def _join(location, part):
 _LEAVES = (str, bytes, bytearray, int, float, complex, type(None), np.ndarray, np.generic)
 
 
+class _Found(tuple):
+    """`(location, global_name)`, with the placeholder itself as `.placeholder`."""
+
+    def __new__(cls, location, global_name, placeholder):
+        self = super().__new__(cls, (location, global_name))
+        self.placeholder = placeholder
+        return self
+
+
 def find_placeholders(obj):
     """Every `Placeholder` inside a nested structure, with its location.
 
@@ -394,7 +403,8 @@ def find_placeholders(obj):
         ``"<root>"`` is ``obj`` itself; inside a placeholder, ``<args>.i``,
         ``<kwargs>.k``, ``<state>``, ``<items>.k``, ``<appended>.i``,
         ``<callee>``; a
-        placeholder used as a dict key is reported at ``<key>``.
+        placeholder used as a dict key is reported at ``<key>``. Each pair
+        also carries the placeholder as ``.placeholder`` (see `placeholder_kind`).
 
     Example:
     >>> ns = Placeholder.for_global("argparse.Namespace")()
@@ -410,14 +420,14 @@ def find_placeholders(obj):
             continue
         if isinstance(item, type):
             if issubclass(item, Placeholder):
-                found.append((location or "<root>", item.global_name))
+                found.append(_Found(location or "<root>", item.global_name, item))
             continue
         if id(item) in seen:
             continue
         seen.add(id(item))
         children = []
         if isinstance(item, Placeholder):
-            found.append((location or "<root>", item.global_name))
+            found.append(_Found(location or "<root>", item.global_name, item))
             children += [(_join(location, f"<args>.{i}"), a) for i, a in enumerate(item.args)]
             children += [(_join(location, f"<kwargs>.{k}"), v) for k, v in item.kwargs.items()]
             children.append((_join(location, "<state>"), item.state))
@@ -435,3 +445,18 @@ def find_placeholders(obj):
             children = [(_join(location, "<set>"), value) for value in item]
         stack.extend(reversed(children))
     return found
+
+
+def placeholder_kind(obj):
+    """What a pickle did with a refused global, in words: a call, an object or a reference.
+
+    Example:
+    >>> system = Placeholder.for_global("posix.system")
+    >>> placeholder_kind(system("touch x")), placeholder_kind(system)
+    ('a pickled call to posix.system', 'a pickled reference to posix.system')
+    """
+    if isinstance(obj, type):
+        return f"a pickled reference to {obj.global_name}"
+    if obj.args or obj.kwargs or obj.callee is not None:
+        return f"a pickled call to {obj.global_name}"
+    return f"a pickled {obj.global_name} object"
