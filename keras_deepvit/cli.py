@@ -1,6 +1,7 @@
-"""The `keras-deepvit` command: list the models, convert checkpoints, run the demo, benchmark.
+"""The `keras-deepvit` command: train, list the models, convert checkpoints, run the demo, benchmark.
 
 Usage:
+    keras-deepvit train [--model pit_ti] [--data digits|tfds:NAME|FOLDER] [--epochs N] ...
     keras-deepvit list [--family {deepvit,refiner,pit}]
     keras-deepvit convert CHECKPOINT --model NAME -o OUT.weights.h5
     KERAS_BACKEND=jax keras-deepvit demo [--model pit_ti] [--image-size 224]
@@ -62,6 +63,68 @@ def _convert(args):
     return 0
 
 
+def _train(args):
+    import json
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from keras_deepvit.training import job
+
+    try:
+        model_kwargs = json.loads(args.model_kwargs) if args.model_kwargs else {}
+    except json.JSONDecodeError as error:
+        raise ValueError(f"--model-kwargs must be a JSON object, got {args.model_kwargs!r} ({error}).") from None
+    if not isinstance(model_kwargs, dict):
+        raise ValueError(f"--model-kwargs must be a JSON object, got {args.model_kwargs!r}.")
+    config = job.TrainingConfig(
+        model=args.model, data=args.data, weights=args.weights, epochs=args.epochs,
+        batch_size=args.batch_size, image_size=args.image_size, mixed_precision=args.mixed_precision,
+        distribute=args.distribute, coordinator=args.coordinator, num_processes=args.num_processes,
+        process_id=args.process_id, output=args.output, learning_rate=args.learning_rate,
+        warmup_epochs=args.warmup_epochs, augment=args.augment, drop_path_rate=args.drop_path_rate,
+        model_kwargs=model_kwargs, seed=args.seed, verbose=args.verbose,
+    )
+    result = job.run_training(config)
+    print("\n".join(job.format_summary(result)))
+    return 0
+
+
+def _add_train(commands):
+    train = commands.add_parser(
+        "train", help="train or fine-tune a model with the papers' recipe (default: PiT-Ti on the embedded digits)"
+    )
+    train.add_argument("--model", default="pit_ti", choices=list_models(), metavar="NAME",
+                       help="a name from `keras-deepvit list` (default: pit_ti)")
+    train.add_argument("--data", default="digits",
+                       help="'digits' (embedded, offline; the default), 'tfds:NAME[:SPLIT]', or a folder "
+                       "with one sub-folder of images per class")
+    train.add_argument("--weights", default=None,
+                       help="start from 'imagenet' or a checkpoint/.keras path (a new head when the classes differ)")
+    train.add_argument("--epochs", type=int, default=10, help="default: 10")
+    train.add_argument("--batch-size", type=int, default=64, help="global batch size (default: 64)")
+    train.add_argument("--image-size", type=int, default=None, metavar="INT",
+                       help="square input size (default: 32 for digits, else the model's)")
+    train.add_argument("--mixed-precision", choices=("float16", "bfloat16"), default=None)
+    train.add_argument("--distribute", choices=("auto", "none", "data_parallel", "multi_host"), default="auto",
+                       help="auto (default): every device when there are several; multi_host: a JAX cluster")
+    train.add_argument("--coordinator", metavar="HOST:PORT", help="multi_host: process 0's address")
+    train.add_argument("--num-processes", type=int, metavar="N", help="multi_host: processes in the cluster")
+    train.add_argument("--process-id", type=int, metavar="I", help="multi_host: this process, 0 to N-1")
+    train.add_argument("--output", default="keras-deepvit-run", help="run directory (default: ./keras-deepvit-run)")
+    train.add_argument("--learning-rate", type=float, default=None,
+                       help="base learning rate at batch 512, scaled linearly (default: 5e-4)")
+    train.add_argument("--warmup-epochs", type=float, default=None,
+                       help="linear warm-up (default: 5, at most a third of the run)")
+    train.add_argument("--augment", choices=("auto", "deit", "light", "none"), default="auto",
+                       help="auto: DeiT's recipe, or a light one below 64 px (default)")
+    train.add_argument("--drop-path-rate", type=float, default=None, help="default: the paper's")
+    train.add_argument("--model-kwargs", default=None, metavar="JSON",
+                       help='other family arguments, e.g. \'{"depth": [1, 2, 1]}\'')
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2), help="fit's verbosity (1: progress bars)")
+    train.set_defaults(run=_train)
+
+
 def _benchmark(args):
     from keras_deepvit.benchmark import runner
 
@@ -74,6 +137,7 @@ def build_parser():
         description="DeepViT, Refiner-ViT and PiT for Keras 3 (TensorFlow, JAX, PyTorch).",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_train(commands)
 
     listing = commands.add_parser("list", help="print the registered models")
     listing.add_argument("--family", choices=FAMILIES, help="only this family")

@@ -19,7 +19,7 @@ import numpy as np
 IMAGE = 16
 CLASSES = 4
 GLOBAL_BATCH = 8
-#: The query/key kernels are scaled up so that the attention maps are peaked and
+#: The qkv kernels are scaled up so that the attention maps are peaked and
 #: depend on the images: at initialisation they are near uniform, their per-head
 #: mean is 1/tokens whatever the input, and the re-attention BatchNorm's variance
 #: sits far below its eps, so batch statistics over any split of the batch agree
@@ -108,7 +108,10 @@ def fit_losses(model, images, labels, batch_size):
             self.seen += self.losses[-1]
 
     record = StepLosses()
-    model.fit(images, labels, batch_size=batch_size, epochs=1, shuffle=False, verbose=0, callbacks=[record])
+    model.fit(
+        images, labels, batch_size=batch_size, epochs=1, shuffle=False, verbose=0,
+        callbacks=[record],
+    )
     return np.array(record.losses)
 
 
@@ -167,30 +170,25 @@ def numbered(prefix, values):
     return {f"{prefix}__{index}": value for index, value in enumerate(values)}
 
 
-def save(path, **arrays):
-    np.savez(path, **arrays)
-
-
 def jax_data_parallel(out):
     """One step of the DeepViT on 1 device, on each half of the batch, and on 2 devices."""
     from keras_deepvit.training.distribute import describe_distribution, distribution_scope
 
     images, labels = images_and_labels()
-    with distribution_scope("none"):
-        single_initial = deepvit()
-        single = deepvit()
-        loss_single = fit_losses(single, images, labels, GLOBAL_BATCH)
     half = GLOBAL_BATCH // 2
-    loss_halves = [
-        training_forward(single_initial, images[start:start + half], labels[start:start + half])[0]
-        for start in (0, half)
-    ]
+    with distribution_scope("none"):
+        single = deepvit()
+        loss_halves = [
+            training_forward(single, images[start:start + half], labels[start:start + half])[0]
+            for start in (0, half)
+        ]
+        loss_single = fit_losses(single, images, labels, GLOBAL_BATCH)
     setup = distribution_scope("auto")
     with setup:
         parallel = deepvit()
         loss_parallel = fit_losses(parallel, images, labels, GLOBAL_BATCH)
         description = describe_distribution(global_batch_size=GLOBAL_BATCH)
-    save(
+    np.savez(
         out, kind=setup.kind, num_replicas=setup.num_replicas, description=description,
         replicated_on=len(parallel.weights[0].value.sharding.device_set),
         loss_single=loss_single, loss_parallel=loss_parallel,
@@ -221,12 +219,13 @@ def jax_multi_process(out, process_id, num_processes, port):
             results.update(numbered("weights_reference", local_values(reference.weights)))
     # The training command's pipeline: every process builds the same one, batched
     # at the global batch; Keras keeps this process's slice of each batch.
-    dataset = tf.data.Dataset.from_tensor_slices((images, labels)).batch(GLOBAL_BATCH, drop_remainder=True)
+    dataset = tf.data.Dataset.from_tensor_slices((images, labels))
+    dataset = dataset.batch(GLOBAL_BATCH, drop_remainder=True)
     with setup:
         model = deepvit()
         results["loss"] = fit_losses(model, dataset, None, None)
         description = setup.describe(GLOBAL_BATCH)
-    save(
+    np.savez(
         out, kind=setup.kind, num_processes=setup.num_processes, process_id=setup.process_id,
         num_replicas=setup.num_replicas, description=description,
         **numbered("weights", local_values(model.weights)), **results,
@@ -256,24 +255,23 @@ def tensorflow_mirrored(out):
     results["pit_loss_single"] = fit_losses(single, images, labels, GLOBAL_BATCH)
     with setup:
         mirrored = pit()
-    results["pit_loss_mirrored"] = fit_losses(mirrored, images, labels, GLOBAL_BATCH)
+        results["pit_loss_mirrored"] = fit_losses(mirrored, images, labels, GLOBAL_BATCH)
     results.update(numbered("pit_weights_single", local_values(single.weights)))
     results.update(numbered("pit_weights_mirrored", local_values(mirrored.weights)))
 
     images, labels = images[:GLOBAL_BATCH], labels[:GLOBAL_BATCH]
     half = GLOBAL_BATCH // 2
-    single_initial = deepvit()
     single = deepvit()
-    results["deepvit_loss_single"] = fit_losses(single, images, labels, GLOBAL_BATCH)
-    results.update(numbered("deepvit_stats_single", moving_statistics(single)))
     for index, start in enumerate((0, half)):
         rows = slice(start, start + half)
-        loss, statistics = training_forward(single_initial, images[rows], labels[rows])
+        loss, statistics = training_forward(single, images[rows], labels[rows])
         results[f"deepvit_loss_half{index}"] = loss
         results.update(numbered(f"deepvit_stats_half{index}", statistics))
+    results["deepvit_loss_single"] = fit_losses(single, images, labels, GLOBAL_BATCH)
+    results.update(numbered("deepvit_stats_single", moving_statistics(single)))
     with setup:
         mirrored = deepvit()
-    results["deepvit_loss_mirrored"] = fit_losses(mirrored, images, labels, GLOBAL_BATCH)
+        results["deepvit_loss_mirrored"] = fit_losses(mirrored, images, labels, GLOBAL_BATCH)
     # What the model reads (and saves), and each replica's own copy.
     results.update(numbered("deepvit_stats_mirrored", moving_statistics(mirrored)))
     for replica in range(2):
@@ -281,16 +279,17 @@ def tensorflow_mirrored(out):
             {v.path: v.value.values[replica].numpy() for v in mirrored.non_trainable_weights}
         )
         results.update(numbered(f"deepvit_stats_replica{replica}", copies))
-    # Keras' synchronized BatchNorm (TensorFlow only) all-reduces the batch moments;
-    # set on the built layers (the constructor arguments would save it in the config).
+    # Keras' synchronized BatchNorm (TensorFlow only) all-reduces the batch moments.
+    # The package's BatchNorm factory takes no `synchronized`: set it on the built
+    # layers (it then shows in their config, which JAX and PyTorch refuse to load).
     with setup:
         synced = deepvit()
-    for layer in synced._flatten_layers():
-        if isinstance(layer, keras.layers.BatchNormalization):
-            layer.synchronized = True
-    results["deepvit_loss_synchronized"] = fit_losses(synced, images, labels, GLOBAL_BATCH)
+        for layer in synced._flatten_layers():
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.synchronized = True
+        results["deepvit_loss_synchronized"] = fit_losses(synced, images, labels, GLOBAL_BATCH)
     results.update(numbered("deepvit_stats_synchronized", moving_statistics(synced)))
-    save(out, **results)
+    np.savez(out, **results)
 
 
 SCENARIOS = {
@@ -303,5 +302,6 @@ if __name__ == "__main__":
     name, out, *args = sys.argv[1:]
     expected = "tensorflow" if name.startswith("tensorflow") else "jax"
     if os.environ.get("KERAS_BACKEND") != expected:
-        raise SystemExit(f"{name} needs KERAS_BACKEND={expected}, got {os.environ.get('KERAS_BACKEND')!r}")
+        found = os.environ.get("KERAS_BACKEND")
+        raise SystemExit(f"{name} needs KERAS_BACKEND={expected}, got {found!r}")
     SCENARIOS[name](out, *(int(arg) for arg in args))

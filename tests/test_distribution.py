@@ -51,9 +51,12 @@ def worker_environment(backend, cpu_devices=None):
     env = dict(os.environ, KERAS_BACKEND=backend, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     if cpu_devices:
-        env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={cpu_devices}"
-    for name in (distribute.ENV_COORDINATOR, distribute.ENV_NUM_PROCESSES, distribute.ENV_PROCESS_ID):
+        flag = f"--xla_force_host_platform_device_count={cpu_devices}"
+        env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {flag}"
+    # A cluster of the caller's must not leak into the workers.
+    for name in (distribute.ENV_COORDINATOR, distribute.ENV_NUM_PROCESSES):
         env.pop(name, None)
+    env.pop(distribute.ENV_PROCESS_ID, None)
     return env
 
 
@@ -144,7 +147,9 @@ def test_tensorflow_mirrored_two_devices(tmp_path):
     assert "per replica" in str(results["description"])
     # No BatchNorm (PiT: LayerNorm only): two mirrored steps equal one device's.
     np.testing.assert_allclose(results["pit_loss_mirrored"], results["pit_loss_single"], rtol=RTOL)
-    assert_all_close(numbered(results, "pit_weights_mirrored"), numbered(results, "pit_weights_single"))
+    assert_all_close(
+        numbered(results, "pit_weights_mirrored"), numbered(results, "pit_weights_single")
+    )
 
     # DeepViT's BatchNorms (CNN stem, re-attention) normalise each replica's half
     # with its own statistics: the loss is the mean of the halves' losses, not the
@@ -154,9 +159,10 @@ def test_tensorflow_mirrored_two_devices(tmp_path):
     global_loss = float(results["deepvit_loss_single"][0])
     assert abs(halves - global_loss) > PER_HALF_GAP * global_loss
     np.testing.assert_allclose(results["deepvit_loss_mirrored"][0], halves, rtol=RTOL)
-    assert_all_close(numbered(results, "deepvit_stats_replica0"), numbered(results, "deepvit_stats_half0"))
-    assert_all_close(numbered(results, "deepvit_stats_replica1"), numbered(results, "deepvit_stats_half1"))
-    assert_all_close(numbered(results, "deepvit_stats_mirrored"), numbered(results, "deepvit_stats_half0"))
+    for copy, half in (("replica0", "half0"), ("replica1", "half1"), ("mirrored", "half0")):
+        assert_all_close(
+            numbered(results, f"deepvit_stats_{copy}"), numbered(results, f"deepvit_stats_{half}")
+        )
     # Keras' synchronized BatchNorm all-reduces the moments: global statistics, as on JAX.
     np.testing.assert_allclose(results["deepvit_loss_synchronized"][0], global_loss, rtol=RTOL)
     assert_all_close(
@@ -166,7 +172,8 @@ def test_tensorflow_mirrored_two_devices(tmp_path):
 
 def test_none_is_one_device_on_every_backend():
     setup = distribution_scope("none")
-    assert (setup.backend, setup.kind, setup.num_replicas, setup.num_processes) == (BACKEND, "none", 1, 1)
+    assert (setup.backend, setup.kind) == (BACKEND, "none")
+    assert (setup.num_replicas, setup.num_processes, setup.is_chief) == (1, 1, True)
     with setup:
         model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
         model.compile(optimizer="sgd", loss="mse")
@@ -180,7 +187,7 @@ def test_none_is_one_device_on_every_backend():
 def test_batch_size_must_split_over_the_devices():
     setup = DistributionSetup("jax", "data_parallel", ("cpu:0", "cpu:1", "cpu:2"), num_processes=3)
     assert setup.per_process_batch_size(12) == 4 and setup.per_replica_batch_size(12) == 4
-    with pytest.raises(ValueError, match="global batch size 8 must be a positive multiple of the 3"):
+    with pytest.raises(ValueError, match="batch size 8 must be a positive multiple of the 3"):
         setup.describe(8)
     with pytest.raises(ValueError, match="global batch size 0 must"):
         setup.per_replica_batch_size(0)
@@ -192,7 +199,7 @@ def test_batch_size_must_split_over_the_devices():
         ({"kind": "ddp"}, "Unknown distribution kind 'ddp'"),
         ({"coordinator": "10.0.0.1"}, "coordinator must be 'HOST:PORT'"),
         ({"coordinator": "10.0.0.1:1234"}, "needs num_processes and process_id"),
-        ({"coordinator": "h:1", "num_processes": 2, "process_id": 2}, "process_id 2 is out of range"),
+        ({"coordinator": "h:1", "num_processes": 2, "process_id": 2}, "process_id 2 is out of"),
         ({"num_processes": 0}, "num_processes must be a positive int"),
         ({"kind": "none", "num_processes": 2, "process_id": 0}, "kind='none' trains on one device"),
     ],
@@ -215,7 +222,9 @@ def test_cluster_arguments_come_from_keras_environment_variables(monkeypatch):
 
 @pytest.mark.skipif(BACKEND == "jax", reason="JAX joins the cluster: see the two-process test")
 def test_multi_host_is_refused_off_jax():
-    expected = "keras-team/keras/issues/20585" if BACKEND == "tensorflow" else "no multi-device training"
+    expected = "no multi-device training"
+    if BACKEND == "tensorflow":
+        expected = "keras-team/keras/issues/20585"
     with pytest.raises(ValueError, match=expected):
         distribution_scope(coordinator="127.0.0.1:1234", num_processes=2, process_id=0)
     with pytest.raises(ValueError, match=expected):

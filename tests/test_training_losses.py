@@ -1,5 +1,8 @@
 """The training losses against the official formulas written out in numpy."""
 
+import doctest
+import importlib
+
 import keras
 import numpy as np
 import pytest
@@ -136,6 +139,32 @@ def test_attention_similarity_is_the_official_cos_reg():
         AttentionSimilarityLoss(num_pairs=4)(np.zeros((batch, 1)), maps)
 
 
+def test_attention_similarity_trains_through_the_models_own_maps():
+    """The regulariser's maps come from the model's `trace` (see its docstring), and fit."""
+    import keras_deepvit
+
+    class WithMaps(keras.Model):
+        def __init__(self, model, **kwargs):
+            super().__init__(**kwargs)
+            self.model = model
+
+        def call(self, images, training=None):
+            logits, maps = type(self.model).trace(self.model, images, return_attention_maps=True)
+            return {"logits": logits, "maps": keras.ops.stack(maps[:2], axis=1)}
+
+    model = keras_deepvit.DeepViT(depth=2, embed_dim=16, num_heads=2, patch_size=8, input_shape=(16, 16, 3),
+                                  classes=4, classifier_activation=None)
+    wrapper = WithMaps(model)
+    wrapper.compile(optimizer="adam", loss={"logits": classification_loss(), "maps": AttentionSimilarityLoss(1)})
+    images = RNG.uniform(0, 255, (4, 16, 16, 3)).astype("float32")
+    labels = _one_hot(np.arange(4), 4)
+    before = [to_numpy(v).copy() for v in model.trainable_variables]
+    history = wrapper.fit(images, {"logits": labels, "maps": labels}, epochs=1, verbose=0).history
+    assert np.isfinite(history["maps_loss"][0]) and history["maps_loss"][0] != 0
+    changed = [not np.array_equal(to_numpy(v), b) for v, b in zip(model.trainable_variables, before)]
+    assert all(changed)
+
+
 def test_losses_compute_in_float32_from_half_precision_logits():
     classes = 4
     labels = _one_hot(np.array([0, 1]), classes)
@@ -150,3 +179,7 @@ def test_losses_compute_in_float32_from_half_precision_logits():
         value = loss(y, half)
         assert keras.backend.standardize_dtype(value.dtype) == "float32", loss.name
         assert float(to_numpy(value)) == pytest.approx(_value(loss, y, full), rel=1e-6), loss.name
+
+
+def test_docstring_examples_run():
+    assert doctest.testmod(importlib.import_module("keras_deepvit.training.losses")).failed == 0

@@ -29,7 +29,9 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
 _SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM")
 # Decoded examples a TFDS split shuffles through (folders shuffle file names, digits all of it).
 _TFDS_SHUFFLE_BUFFER = 1024
-_TFDS_SPEC = re.compile(r"tfds:(?P<name>[^:\[\]]+?)(?::(?P<version>\d+(?:\.(?:\d+|\*))*))?(?::(?P<split>.+))?")
+# "tfds:NAME[:VERSION][:SPLIT]": a version starts with a digit, a split may hold colons (train[:80%]).
+_TFDS_SPEC = re.compile(
+    r"tfds:(?P<name>[^:\[\]]+?)(?::(?P<version>\d+(?:\.(?:\d+|\*))*))?(?::(?P<split>.+))?")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,8 +107,8 @@ def eval_transform(image, image_size, crop_pct=1.0, interpolation="bicubic"):
     if isinstance(image_size, (int, np.integer)):
         scale = math.floor(image_size / crop_pct)
         short, long = tf.minimum(in_height, in_width), tf.maximum(in_height, in_width)
-        resized_long = tf.cast(tf.math.floordiv(tf.cast(scale * long, tf.float64), tf.cast(short, tf.float64)),
-                               tf.int32)
+        resized_long = tf.math.floordiv(tf.cast(scale * long, tf.float64), tf.cast(short, tf.float64))
+        resized_long = tf.cast(resized_long, tf.int32)
         width_is_short = in_width <= in_height
         new_height = tf.where(width_is_short, resized_long, scale)
         new_width = tf.where(width_is_short, scale, resized_long)
@@ -127,7 +129,8 @@ def load_dataset(spec="digits", *, image_size, batch_size, split=None, training=
 
     * `"digits"`: scikit-learn's 1,797 handwritten digits, embedded in the
       package (`keras_deepvit.training.digits`), 10 classes; splits `"train"`
-      and `"validation"` (a fixed, stratified 80/20) or `"all"`.
+      and `"validation"` (a fixed, stratified 80/20) or `"all"`. (A folder
+      named digits is `"./digits"`.)
     * `"tfds:NAME"`, `"tfds:NAME:SPLIT"` or `"tfds:NAME:VERSION:SPLIT"`: a
       TensorFlow Datasets dataset with an image feature and a `ClassLabel`
       feature (`image_key`, `label_key`), read from `data_dir` (TFDS' default
@@ -221,13 +224,13 @@ def load_dataset(spec="digits", *, image_size, batch_size, split=None, training=
         source = _tfds_source(*tfds_spec, training, data_dir, download, seed, image_key, label_key)
     else:
         source = _folder_source(spec, split, validation_fraction, verify_images)
-    mixes = bool(training and augment is not None and augment.mixes)
     if one_hot is None:
-        one_hot = mixes
+        one_hot = bool(training and augment is not None and augment.mixes)
 
     dataset = source.dataset
     if training:
-        dataset = dataset.shuffle(shuffle_buffer or source.shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+        dataset = dataset.shuffle(shuffle_buffer or source.shuffle_buffer, seed=seed,
+                                  reshuffle_each_iteration=True)
     if source.decode is not None:
         dataset = dataset.map(source.decode, num_parallel_calls=tf.data.AUTOTUNE)
         # Damaged data behind a valid header fails here: drop the example, not the epoch.
@@ -236,14 +239,8 @@ def load_dataset(spec="digits", *, image_size, batch_size, split=None, training=
         dataset = augment_dataset(dataset, augment, image_size=size, batch_size=batch_size,
                                   num_classes=source.num_classes, one_hot=one_hot, seed=seed)
     else:
-        dataset = dataset.map(
-            lambda image, label: (eval_transform(image, image_size, crop_pct, interpolation),
-                                  tf.cast(label, tf.int32)),
-            num_parallel_calls=tf.data.AUTOTUNE)
-        dataset = dataset.batch(batch_size, drop_remainder=training, num_parallel_calls=tf.data.AUTOTUNE)
-        if one_hot:
-            dataset = dataset.map(lambda images, labels: (images, tf.one_hot(labels, source.num_classes)),
-                                  num_parallel_calls=tf.data.AUTOTUNE)
+        dataset = _resized_batches(dataset, image_size, crop_pct, interpolation, batch_size, training,
+                                   num_classes=source.num_classes if one_hot else None)
     if normalize:
         mean = tf.constant(record.mean, tf.float32)
         std = tf.constant(record.std, tf.float32)
@@ -255,6 +252,20 @@ def load_dataset(spec="digits", *, image_size, batch_size, split=None, training=
                        class_names=tuple(source.class_names), num_examples=source.num_examples,
                        skipped=source.skipped, one_hot=bool(one_hot), image_size=size, steps_per_epoch=steps)
     return dataset.prefetch(tf.data.AUTOTUNE), info
+
+
+def _resized_batches(dataset, image_size, crop_pct, interpolation, batch_size, drop_remainder, num_classes):
+    """`eval_transform`ed, batched examples; one-hot labels when `num_classes` is given."""
+
+    def transform(image, label):
+        return eval_transform(image, image_size, crop_pct, interpolation), tf.cast(label, tf.int32)
+
+    dataset = dataset.map(transform, num_parallel_calls=tf.data.AUTOTUNE)
+    dataset = dataset.batch(batch_size, drop_remainder=drop_remainder, num_parallel_calls=tf.data.AUTOTUNE)
+    if num_classes is None:
+        return dataset
+    return dataset.map(lambda images, labels: (images, tf.one_hot(labels, num_classes)),
+                       num_parallel_calls=tf.data.AUTOTUNE)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -296,7 +307,7 @@ def _tfds_source(name, split, training, data_dir, download, seed, image_key, lab
 
     try:
         builder = tfds.builder(name, data_dir=data_dir)
-    except tfds.core.registered.DatasetNotFoundError as error:
+    except tfds.core.DatasetNotFoundError as error:
         raise ValueError(
             f"TFDS has no dataset {name!r}; see tfds.list_builders() for the names, or define "
             f"(import) your own builder before loading."
@@ -304,8 +315,8 @@ def _tfds_source(name, split, training, data_dir, download, seed, image_key, lab
     if download:
         builder.download_and_prepare()
     elif not builder.is_prepared():
-        raise ValueError(f"TFDS dataset {name!r} is not prepared in {builder.data_dir!r}; pass download=True, "
-                         f"or data_dir= where it is prepared.")
+        raise ValueError(f"TFDS dataset {name!r} is not prepared in {builder.data_dir!r}; pass "
+                         f"download=True, or data_dir= where it is prepared.")
     features = builder.info.features
     for key, kind in ((image_key, "image_key"), (label_key, "label_key")):
         if key not in features:
@@ -324,7 +335,8 @@ def _tfds_source(name, split, training, data_dir, download, seed, image_key, lab
     dataset = builder.as_dataset(split=split, shuffle_files=training, read_config=read_config)
     dataset = dataset.map(lambda example: (_to_rgb(example[image_key]), example[label_key]),
                           num_parallel_calls=tf.data.AUTOTUNE)
-    return _Source(dataset, split, labels.num_classes, tuple(labels.names), num_examples, _TFDS_SHUFFLE_BUFFER)
+    return _Source(dataset, split, labels.num_classes, tuple(labels.names), num_examples,
+                   _TFDS_SHUFFLE_BUFFER)
 
 
 def _folder_source(root, split, validation_fraction, verify_images):
@@ -351,13 +363,14 @@ def _folder_source(root, split, validation_fraction, verify_images):
 def _list_folder(root):
     """Class names (sorted sub-folders) and the image files below each, in a fixed order."""
     if not os.path.isdir(root):
-        raise ValueError(f"Dataset folder {root!r} does not exist. Pass a folder with one sub-folder of images "
-                         f"per class, 'digits', or 'tfds:NAME'.")
+        raise ValueError(f"Dataset folder {root!r} does not exist. Pass a folder with one sub-folder of "
+                         f"images per class, 'digits', or 'tfds:NAME'.")
     class_names = sorted(entry.name for entry in os.scandir(root)
                          if entry.is_dir() and not entry.name.startswith("."))
     if len(class_names) < 2:
         raise ValueError(f"Dataset folder {root!r} has {len(class_names)} class sub-folder(s) "
-                         f"{class_names}; a classification dataset needs one sub-folder per class, at least 2.")
+                         f"{class_names}; a classification dataset needs one sub-folder per class, "
+                         f"at least 2.")
     paths, labels = [], []
     for label, name in enumerate(class_names):
         for folder, subfolders, files in os.walk(os.path.join(root, name), followlinks=True):
@@ -367,7 +380,8 @@ def _list_folder(root):
                     paths.append(os.path.join(folder, file))
                     labels.append(label)
     if not paths:
-        raise ValueError(f"No image files ({', '.join(IMAGE_EXTENSIONS)}) in the class sub-folders of {root!r}.")
+        raise ValueError(f"No image files ({', '.join(IMAGE_EXTENSIONS)}) in the class sub-folders "
+                         f"of {root!r}.")
     return class_names, paths, labels
 
 

@@ -87,7 +87,7 @@ class DistillationModel(keras.Model):
                 f"{heads[0].shape[-1]}; they must agree."
             )
         return {
-            "logits": outputs["logits"],
+            "logits": ops.cast(outputs["logits"], "float32"),
             "distillation": ops.stack(heads + [teacher], axis=1),
         }
 

@@ -17,9 +17,10 @@ object is a context manager to build, compile *and* fit the model in:
   official DeepViT / Refiner-ViT recipes did (PyTorch DDP with `sync_bn: false`,
   `dist_bn: ''`). Multi-worker TF is refused: Keras 3's `fit` fails under
   `MultiWorkerMirroredStrategy` (keras-team/keras#20585).
-- **PyTorch**: Keras 3.15 has no distribution support for this backend
-  (`keras.distribution` is JAX-only there, and its trainer cannot run one
-  process per device under `torch.distributed`); training uses one device.
+- **PyTorch**: Keras 3.15 has no multi-device training on this backend
+  (`keras.distribution` has no PyTorch implementation, and Keras' trainer
+  cannot run one process per device under `torch.distributed` / DDP); training
+  uses one device.
 
 How the data is split (the rule for the training command's `--batch-size`,
 which is the *global* batch): build the same `tf.data` pipeline in every
@@ -29,13 +30,19 @@ On JAX, Keras re-batches every global batch to `global / processes` rows and
 each process keeps its own slice (`DataParallel(auto_shard_dataset=True)`),
 then the slices are assembled into one global array sharded over the devices.
 On TensorFlow, `MirroredStrategy` splits each global batch over the replicas.
-NumPy inputs are different on JAX with several processes: there each process
-passes its own rows and `batch_size` is per process.
+With several JAX processes Keras 3.15 refuses NumPy inputs (its auto-sharding
+needs a `tf.data.Dataset`; with `setup.engine.auto_shard_dataset = False` each
+process feeds its own rows instead), warns once that the sharded pipeline "ran
+out of data" at the end of the first epoch (its length is unknown; harmless),
+and cannot `predict` (the outputs span other processes' devices; `evaluate`
+works). `save` and `save_weights` work in every process (the variables are
+replicated): let only `setup.is_chief` write to shared storage.
 """
 
 import contextlib
 import dataclasses
 import logging
+import numbers
 import os
 
 import keras
@@ -79,7 +86,9 @@ class DistributionSetup:
     process_id: int = 0
     batch_norm_statistics: str = "global"
     engine: object = None
-    _scopes: list = dataclasses.field(default_factory=list, repr=False, compare=False)
+    _scopes: list = dataclasses.field(
+        default_factory=list, init=False, repr=False, compare=False
+    )
 
     @property
     def num_replicas(self):
@@ -93,11 +102,7 @@ class DistributionSetup:
 
     def scope(self):
         """A context manager making this setup current (the object itself works too)."""
-        if self.kind == "data_parallel":
-            return self.engine.scope()
-        if self.kind == "mirrored":
-            return self.engine.scope()
-        return contextlib.nullcontext()
+        return self.engine.scope() if self.engine is not None else contextlib.nullcontext()
 
     def __enter__(self):
         scope = self.scope()
@@ -120,7 +125,8 @@ class DistributionSetup:
 
     def _check_batch_size(self, global_batch_size):
         if (
-            not isinstance(global_batch_size, int)
+            not isinstance(global_batch_size, numbers.Integral)
+            or isinstance(global_batch_size, bool)
             or global_batch_size < 1
             or global_batch_size % self.num_replicas
         ):
@@ -133,7 +139,8 @@ class DistributionSetup:
     def describe(self, global_batch_size=None):
         """One log line: backend, devices, processes, global batch and BatchNorm statistics."""
         devices = ", ".join(self.devices)
-        line = f"distribution: {self.backend} {self.kind}, {self.num_replicas} device(s) [{devices}]"
+        line = f"distribution: {self.backend} {self.kind}"
+        line += f", {self.num_replicas} device(s) [{devices}]"
         line += f", {self.num_processes} process(es) (this is process {self.process_id})"
         if global_batch_size is not None:
             per_process = self.per_process_batch_size(global_batch_size)
@@ -149,7 +156,9 @@ class DistributionSetup:
         return line
 
 
-def distribution_scope(kind="auto", coordinator=None, num_processes=None, process_id=None, devices=None):
+def distribution_scope(
+    kind="auto", coordinator=None, num_processes=None, process_id=None, devices=None
+):
     """Set up data-parallel training for the current backend.
 
     Call it first (on JAX, before anything runs a computation: the cluster must
@@ -184,7 +193,9 @@ def distribution_scope(kind="auto", coordinator=None, num_processes=None, proces
     """
     if kind not in KINDS:
         raise ValueError(f"Unknown distribution kind {kind!r}; use one of {KINDS}.")
-    coordinator, num_processes, process_id = _cluster_arguments(coordinator, num_processes, process_id)
+    coordinator, num_processes, process_id = _cluster_arguments(
+        coordinator, num_processes, process_id
+    )
     multi_process = kind == "multi_host" or coordinator is not None or (num_processes or 1) > 1
     if kind == "none":
         if multi_process:
@@ -348,16 +359,16 @@ def _tf_device_name(name):
 
 
 def _tf_short_name(name):
-    """'/job:localhost/replica:0/task:0/device:GPU:1' -> 'gpu:1'."""
-    device_type, index = name.split("device:")[-1].split(":")
-    return f"{device_type.lower()}:{index}"
+    """'/job:localhost/replica:0/task:0/device:GPU:1' (or '/gpu:1') -> 'gpu:1'."""
+    device_type, _, index = name.rsplit("/", 1)[-1].removeprefix("device:").partition(":")
+    return f"{device_type.lower()}:{index or 0}"
 
 
 def _unsupported_backend_setup(backend, kind, multi_process):
     reason = (
         f"Keras {keras.__version__} has no multi-device training on the {backend} backend "
-        "(keras.distribution supports JAX only, and Keras' trainer cannot run one process "
-        "per device under torch.distributed)"
+        "(keras.distribution has no implementation for it, and Keras' trainer cannot run "
+        "one process per device under torch.distributed)"
     )
     if kind != "auto" or multi_process:
         raise ValueError(

@@ -131,9 +131,10 @@ class DistillationLoss(keras.losses.Loss):
             )
         cls_logits, dist_logits, teacher_logits = y_pred[:, 0], y_pred[:, 1], y_pred[:, 2]
         teacher_logits = ops.stop_gradient(teacher_logits)
-        base = _soft_cross_entropy(_smooth(ops.cast(y_true, "float32"), self.label_smoothing), cls_logits)
+        classes = y_pred.shape[-1]
+        labels = _smooth(ops.cast(y_true, "float32"), self.label_smoothing, classes)
+        base = _soft_cross_entropy(labels, cls_logits)
         if self.distillation_type == "hard":
-            classes = ops.shape(teacher_logits)[-1]
             hard = ops.one_hot(ops.argmax(teacher_logits, axis=-1), classes, dtype="float32")
             distill = _soft_cross_entropy(hard, dist_logits)
         else:
@@ -141,7 +142,6 @@ class DistillationLoss(keras.losses.Loss):
             log_student = ops.log_softmax(dist_logits / tau, axis=-1)
             log_teacher = ops.log_softmax(teacher_logits / tau, axis=-1)
             kl = ops.sum(ops.exp(log_teacher) * (log_teacher - log_student), axis=-1)
-            classes = ops.cast(ops.shape(teacher_logits)[-1], "float32")
             distill = kl * (tau * tau) / classes
         return (1.0 - self.alpha) * base + self.alpha * distill
 
@@ -224,27 +224,21 @@ class TokenLabelCrossEntropy(keras.losses.Loss):
 
     def call(self, y_true, y_pred):
         y_pred = ops.cast(y_pred, "float32")
-        y_true = _smooth(ops.cast(y_true, "float32"), self.label_smoothing)
         if len(y_pred.shape) != 3:
             raise ValueError(
                 "TokenLabelCrossEntropy expects aux logits of shape (batch, patches, classes), "
                 f"got {y_pred.shape}."
             )
+        classes = y_pred.shape[-1]
+        y_true = _smooth(ops.cast(y_true, "float32"), self.label_smoothing, classes)
         if self.pooling == "mean":
-            if len(y_true.shape) != 2:
-                raise ValueError(
-                    "pooling='mean' scores the mean token logits against image targets "
-                    f"(batch, classes); got targets of shape {y_true.shape}."
-                )
-            return self.weight * _soft_cross_entropy(y_true, ops.mean(y_pred, axis=1))
-        if len(y_true.shape) == 2:
-            y_true = y_true[:, None, :]
-        elif len(y_true.shape) != 3:
-            raise ValueError(
-                "Token targets must be (batch, classes) or (batch, patches, classes), "
-                f"got {y_true.shape}."
-            )
-        return self.weight * ops.mean(_soft_cross_entropy(y_true, y_pred), axis=1)
+            targets = ops.reshape(y_true, (-1, classes))
+            return self.weight * _soft_cross_entropy(targets, ops.mean(y_pred, axis=1))
+        # (batch, classes) and (batch, patches, classes) targets alike become
+        # (batch, 1 or patches, classes), broadcast over the tokens; by reshape rather than
+        # by rank, which a traced function need not know.
+        targets = ops.reshape(y_true, (ops.shape(y_pred)[0], -1, classes))
+        return self.weight * ops.mean(_soft_cross_entropy(targets, y_pred), axis=1)
 
     def get_config(self):
         config = super().get_config()
@@ -268,6 +262,10 @@ class AttentionSimilarityLoss(keras.losses.Loss):
     enable it set `cos_reg_component: 12` (DeepViT-32B, Refiner-ViT); Refiner's
     `main.py` builds the no-token-label loss as `SoftTargetCrossEntropyCosReg()`, i.e.
     with the default `n_comn=2`, whatever the config says.
+
+    The maps must come from the model being trained (a `keras.Model` whose `call`
+    runs `type(model).trace(model, images, return_attention_maps=True)` and stacks the
+    first maps); `model.attention_model()` holds a copy of the weights and cannot train.
 
     Args:
         num_pairs: int, `n_comn`: the pairs `(0, 1) ... (num_pairs - 1, num_pairs)`.
@@ -329,10 +327,10 @@ def _soft_cross_entropy(targets, logits):
     return -ops.sum(targets * ops.log_softmax(logits, axis=-1), axis=-1)
 
 
-def _smooth(targets, label_smoothing):
+def _smooth(targets, label_smoothing, classes):
+    """Keras' label smoothing, `y * (1 - s) + s / classes`."""
     if not label_smoothing:
         return targets
-    classes = ops.cast(ops.shape(targets)[-1], targets.dtype)
     return targets * (1.0 - label_smoothing) + label_smoothing / classes
 
 

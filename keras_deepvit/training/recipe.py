@@ -8,7 +8,8 @@ Where the numbers come from: facebookresearch/deit `main.py` (lr 5e-4 per 512 im
 warm-up 5 epochs from 1e-6, floor 1e-5, weight decay 0.05, smoothing 0.1, EMA 0.99996,
 no clipping, drop path 0.1), and the same values in zhoudaquan/dvit_repo and
 zhoudaquan/Refiner_ViT `scripts/*.yaml` (which train with timm's `train.py`); naver-ai/pit
-publishes no training code and reports training "in DeiT's setting".
+publishes no training code, and its README reports its models trained with DeiT's recipe
+("+DeiT") and DeiT's distillation ("+Distill").
 """
 
 import dataclasses
@@ -31,7 +32,9 @@ WEIGHT_DECAY = 0.05
 WARMUP_EPOCHS = 5
 WARMUP_LEARNING_RATE = 1e-6
 MIN_LEARNING_RATE = 1e-5
-#: timm/DeiT `model_ema_decay` (all official configs).
+#: timm/DeiT `model_ema_decay` (all official configs); pass it as `ema_decay` for a full
+#: run. Not the default: Keras writes the averages into the model at the end of `fit`, and
+#: over a short run a 0.99996 average is still mostly the initial weights.
 EMA_DECAY = 0.99996
 #: PyTorch's AdamW eps (DeiT `--opt-eps 1e-8`); Keras' default is 1e-7.
 ADAM_EPSILON = 1e-8
@@ -107,7 +110,9 @@ def scaled_learning_rate(batch_size, base_lr=BASE_LEARNING_RATE, base_batch=BASE
     return base_lr * batch_size / base_batch
 
 
-def learning_rate_schedule(peak_lr, total_steps, warmup_steps, warmup_lr=WARMUP_LEARNING_RATE, min_lr=MIN_LEARNING_RATE):
+def learning_rate_schedule(
+    peak_lr, total_steps, warmup_steps, warmup_lr=WARMUP_LEARNING_RATE, min_lr=MIN_LEARNING_RATE
+):
     """Linear warm-up from `warmup_lr` to `peak_lr`, then cosine decay to `min_lr`.
 
     It is `keras.optimizers.schedules.CosineDecay` exactly: `initial_learning_rate` is
@@ -178,7 +183,8 @@ def no_weight_decay_variables(model):
 
     Example:
     >>> import keras_deepvit
-    >>> model = keras_deepvit.DeepViT(depth=1, embed_dim=16, num_heads=2, patch_size=8, input_shape=(16, 16, 3), classes=3)
+    >>> model = keras_deepvit.DeepViT(depth=1, embed_dim=16, num_heads=2, patch_size=8,
+    ...     input_shape=(16, 16, 3), classes=3)
     >>> sorted(v.path for v in no_weight_decay_variables(model))[:3]
     ['blocks_0/attn/proj/bias', 'blocks_0/attn/qkv/bias', 'blocks_0/attn/reatten_bias']
     """
@@ -253,7 +259,8 @@ class Recipe:
     Attributes:
         optimizer: the `keras.optimizers.AdamW`.
         loss: a loss, or a dict of losses keyed by output for dict-output models
-            (their weights are inside the losses).
+            (their weights are inside the losses, so `fit` reports e.g.
+            `aux_logits_loss` already multiplied by the dense weight).
         metrics: a list of metrics, or a dict `{"logits": [...]}`.
         schedule: the learning-rate schedule.
         output_keys: None for single-output models, else the model's output keys.
@@ -373,10 +380,19 @@ def recipe(
             "pass a shorter warm-up (e.g. warmup_epochs=0 for a short fine-tune)."
         )
     peak_lr = scaled_learning_rate(batch_size, base_lr)
-    schedule = learning_rate_schedule(peak_lr, total_steps, warmup_steps, warmup_lr=warmup_lr, min_lr=min_lr)
-    optimizer = build_optimizer(model, schedule, weight_decay=weight_decay, clip_norm=clip_norm, ema_decay=ema_decay)
+    if min_lr > peak_lr:
+        raise ValueError(
+            f"The scaled peak learning rate {peak_lr:g} (base_lr * batch_size / {BASE_BATCH_SIZE}) "
+            f"is below min_lr={min_lr:g}: pass a smaller min_lr or a larger base_lr."
+        )
     loss, output_keys, classes = _losses(
         model, label_smoothing, distillation_type, distillation_alpha, distillation_tau, dense_weight
+    )
+    schedule = learning_rate_schedule(
+        peak_lr, total_steps, warmup_steps, warmup_lr=warmup_lr, min_lr=min_lr
+    )
+    optimizer = build_optimizer(
+        model, schedule, weight_decay=weight_decay, clip_norm=clip_norm, ema_decay=ema_decay
     )
     metrics = _metrics(classes)
     if output_keys is not None:
@@ -396,7 +412,10 @@ def recipe(
 def _losses(model, label_smoothing, distillation_type, alpha, tau, dense_weight):
     """(loss or dict of losses, output keys or None, classes) for `model`'s outputs."""
     if isinstance(model, DistillationModel):
-        classes = model.student.output["logits"].shape[-1]
+        try:
+            classes = model.student.output["logits"].shape[-1]
+        except (AttributeError, ValueError, KeyError, TypeError):  # a student not built yet
+            classes = None
         loss = {
             "distillation": DistillationLoss(
                 alpha=alpha, distillation_type=distillation_type, tau=tau,
@@ -417,7 +436,9 @@ def _losses(model, label_smoothing, distillation_type, alpha, tau, dense_weight)
     if "aux_logits" in outputs and "cls_logits" in outputs:
         loss = {
             "cls_logits": classification_loss(label_smoothing, name="cls"),
-            "aux_logits": TokenLabelCrossEntropy(label_smoothing=label_smoothing, weight=dense_weight, name="aux"),
+            "aux_logits": TokenLabelCrossEntropy(
+                label_smoothing=label_smoothing, weight=dense_weight, name="aux"
+            ),
         }
         return loss, keys, outputs["logits"].shape[-1]
     if "dist_logits" in outputs:
@@ -458,5 +479,24 @@ def _config_value(model, key):
 def _metrics(classes):
     metrics = [keras.metrics.CategoricalAccuracy(name="accuracy")]
     if classes is not None and classes > 5:
-        metrics.append(keras.metrics.TopKCategoricalAccuracy(k=5, name="top5"))
+        metrics.append(Float32TopKCategoricalAccuracy(k=5, name="top5"))
     return metrics
+
+
+@keras.saving.register_keras_serializable(package="keras_deepvit")
+class Float32TopKCategoricalAccuracy(keras.metrics.TopKCategoricalAccuracy):
+    """`keras.metrics.TopKCategoricalAccuracy` on float32 predictions.
+
+    On TensorFlow, Keras' top-k accuracy fails on the float16 logits of a
+    `mixed_float16` model (`tf.math.in_top_k` takes float32 only); the cast is exact.
+
+    Example:
+    >>> import numpy as np
+    >>> metric = Float32TopKCategoricalAccuracy(k=1)
+    >>> metric.update_state(np.eye(2), np.eye(2, dtype="float16"))
+    >>> float(metric.result())
+    1.0
+    """
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        return super().update_state(y_true, keras.ops.cast(y_pred, "float32"), sample_weight)
