@@ -82,6 +82,7 @@ def _train(args):
         distribute=args.distribute, coordinator=args.coordinator, num_processes=args.num_processes,
         process_id=args.process_id, output=args.output, learning_rate=args.learning_rate,
         warmup_epochs=args.warmup_epochs, augment=args.augment, drop_path_rate=args.drop_path_rate,
+        teacher=args.teacher,
         model_kwargs=model_kwargs, seed=args.seed, verbose=args.verbose,
     )
     result = job.run_training(config)
@@ -118,6 +119,8 @@ def _add_train(commands):
     train.add_argument("--augment", choices=("auto", "deit", "light", "none"), default="auto",
                        help="auto: DeiT's recipe, or a light one below 64 px (default)")
     train.add_argument("--drop-path-rate", type=float, default=None, help="default: the paper's")
+    train.add_argument("--teacher", metavar="MODEL.keras",
+                       help="distilled PiT only: learn from this trained model too (DeiT's hard distillation)")
     train.add_argument("--model-kwargs", default=None, metavar="JSON",
                        help='other family arguments, e.g. \'{"depth": [1, 2, 1]}\'')
     train.add_argument("--seed", type=int, default=0)

@@ -262,6 +262,23 @@ def test_convert_command(pit_ti_checkpoint, tmp_path, capsys):
     np.testing.assert_allclose(infer(model, images), expected, rtol=1e-5, atol=1e-5)
 
 
+def test_convert_command_fills_the_imagenet_cache(pit_ti_checkpoint, tmp_path, monkeypatch, capsys):
+    from keras_deepvit.cli import main
+
+    source = tmp_path / "pit_ti.safetensors"
+    source.write_bytes(pit_ti_checkpoint[0])
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    monkeypatch.setenv("KERAS_DEEPVIT_CACHE_DIR", str(cache))
+    out = cache / converted_filename(RECORDS["pit_ti"])  # the path a failed download names
+    assert main(["convert", str(source), "--model", "pit_ti", "-o", str(out)]) == 0
+    model = keras_deepvit.create_model(  # the mirror is empty: served from the cache only
+        "pit_ti", weights="imagenet", classifier_activation=None, include_preprocessing=False
+    )
+    images, expected = pit_ti_checkpoint[2], pit_ti_checkpoint[3]
+    np.testing.assert_allclose(infer(model, images), expected, rtol=1e-5, atol=1e-5)
+
+
 def test_convert_command_refuses_a_wrong_model(pit_ti_checkpoint, tmp_path, capsys):
     from keras_deepvit.cli import main
 

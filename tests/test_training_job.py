@@ -30,6 +30,8 @@ TINY = ["--model", "pit_ti", "--model-kwargs", '{"depth": [1, 1, 1]}', "--image-
         (["--model", "deepvit_16", "--image-size", "40"], "not a multiple of deepvit_16's patch size 16"),
         (["--epochs", "0"], "--epochs must be a positive int"),
         (["--model-kwargs", "{depth: 1}"], "--model-kwargs must be a JSON object"),
+        (["--teacher", "t.keras"], "pit_ti has no distillation head"),
+        (["--model", "pit_ti_distilled", "--teacher", "missing.keras"], "--teacher must be a .keras model file"),
     ],
 )
 def test_bad_arguments_are_one_clear_line(arguments, message, capsys, tmp_path):
@@ -106,3 +108,24 @@ def test_killed_run_resumes_from_its_last_epoch(tmp_path):
     # Another model in the same directory would mix two runs: refused before training.
     with pytest.raises(ValueError, match="holds a run with other settings"):
         job.run_training(job.TrainingConfig(model="pit_xs", output=str(output), epochs=1))
+
+
+def test_a_distilled_pit_learns_from_a_teacher_in_one_run(tmp_path):
+    """A whole run in-process on every backend: DeiT distillation, every output written."""
+    import keras_deepvit
+
+    teacher = keras_deepvit.PiT(base_dims=(8, 8), depth=(1, 1), heads=(2, 4), input_shape=(32, 32, 3), classes=10)
+    teacher.save(tmp_path / "teacher.keras")
+    config = job.TrainingConfig(
+        model="pit_ti_distilled", teacher=str(tmp_path / "teacher.keras"), epochs=1, batch_size=128,
+        output=str(tmp_path / "run"), model_kwargs={"depth": [1, 1, 1]}, verbose=0,
+    )
+    result = job.run_training(config)
+    assert result["epochs"] == 1 and 0.0 <= result["val_accuracy"] <= 1.0
+    student = keras.saving.load_model(result["paths"]["model"])
+    assert isinstance(student, keras_deepvit.PiT) and student.get_config()["distilled"]
+    assert set(student.output) == {"logits", "cls_logits", "dist_logits"}
+    history = curves.read_history(result["paths"]["history"])
+    assert "distillation_loss" in history or "loss" in history
+    assert os.path.getsize(result["paths"]["curves"]) > 1000
+    assert any(line.startswith("validation accuracy") for line in job.format_summary(result))

@@ -25,6 +25,7 @@ import keras
 from keras_deepvit.training import curves
 from keras_deepvit.training.augment import AugmentConfig
 from keras_deepvit.training.data import load_dataset
+from keras_deepvit.training.distillation import DistillationModel
 from keras_deepvit.training.distribute import distribution_scope
 from keras_deepvit.training.recipe import paper_drop_path_rate, recipe
 from keras_deepvit.zoo.registry import create_model, variant_info
@@ -62,6 +63,8 @@ class TrainingConfig:
         augment: "auto" (DeiT's recipe, or the light one for images under 64 px),
             "deit", "light" or "none".
         drop_path_rate: default the paper's value for the family.
+        teacher: a `.keras` model (same input and classes) that a distilled PiT
+            learns from, DeiT-style (hard distillation); the student is saved.
         model_kwargs: any other family argument (e.g. `{"depth": [1, 1, 1]}`).
         seed: seed of the weights and the data order.
         verbose: `fit`'s verbosity (1: progress bars).
@@ -83,6 +86,7 @@ class TrainingConfig:
     warmup_epochs: float = None
     augment: str = "auto"
     drop_path_rate: float = None
+    teacher: str = None
     model_kwargs: dict = dataclasses.field(default_factory=dict)
     seed: int = 0
     verbose: int = 1
@@ -99,6 +103,14 @@ def validate(config):
         raise ValueError(f"--mixed-precision must be float16 or bfloat16, got {config.mixed_precision!r}.")
     if config.augment not in ("auto", "deit", "light", "none"):
         raise ValueError(f"--augment must be auto, deit, light or none, got {config.augment!r}.")
+    if config.teacher is not None:
+        if not record.arch.get("distilled"):
+            raise ValueError(
+                f"--teacher trains a distilled PiT (e.g. pit_ti_distilled); {config.model} has no "
+                "distillation head."
+            )
+        if not (str(config.teacher).endswith(".keras") and os.path.isfile(config.teacher)):
+            raise ValueError(f"--teacher must be a .keras model file, got {config.teacher!r}.")
     data = config.data
     if not (data == "digits" or data.startswith("tfds:")):
         if not os.path.isdir(data):
@@ -179,6 +191,14 @@ def _claim_output(config, size, paths):
         json.dump(settings, handle, indent=2)
 
 
+def _with_teacher(student, path):
+    """The student wrapped with its frozen teacher (`DistillationModel`)."""
+    teacher = keras.saving.load_model(path, compile=False)
+    config = teacher.get_config() if hasattr(teacher, "get_config") else {}
+    outputs = "probabilities" if config.get("classifier_activation") == "softmax" else "logits"
+    return DistillationModel(student, teacher, teacher_outputs=outputs)
+
+
 def run_training(config):
     """Trains `config.model` on `config.data`; returns a dict of results and output paths."""
     record = validate(config)
@@ -214,7 +234,12 @@ def run_training(config):
         if config.mixed_precision:
             arguments["dtype"] = MIXED_PRECISION[config.mixed_precision]
         arguments.update(config.model_kwargs)
+        if config.teacher is not None:
+            arguments["separate_heads"] = True
         model = create_model(config.model, weights=config.weights, **arguments)
+        student = model
+        if config.teacher is not None:
+            model = _with_teacher(model, config.teacher)
         warmup = config.warmup_epochs
         if warmup is None:
             warmup = min(5.0, config.epochs / 3)
@@ -237,7 +262,7 @@ def run_training(config):
                   verbose=config.verbose, shuffle=False)  # the pipeline shuffles
         seconds = time.monotonic() - start
         evaluation = model.evaluate(val_data, return_dict=True, verbose=0)
-    model.save(paths["model"])
+    student.save(paths["model"])
     with open(paths["evaluation"], "w") as handle:
         json.dump({k: float(v) for k, v in evaluation.items()}, handle, indent=2)
     history = curves.read_history(paths["history"])
