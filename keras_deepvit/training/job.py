@@ -196,7 +196,9 @@ def _with_teacher(student, path):
     teacher = keras.saving.load_model(path, compile=False)
     config = teacher.get_config() if hasattr(teacher, "get_config") else {}
     outputs = "probabilities" if config.get("classifier_activation") == "softmax" else "logits"
-    return DistillationModel(student, teacher, teacher_outputs=outputs)
+    model = DistillationModel(student, teacher, teacher_outputs=outputs)
+    model(keras.ops.zeros((1,) + tuple(student.input_shape[1:])))  # BackupAndRestore needs it built
+    return model
 
 
 def run_training(config):
