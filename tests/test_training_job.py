@@ -27,7 +27,6 @@ TINY = ["--model", "pit_ti", "--model-kwargs", '{"depth": [1, 1, 1]}', "--image-
         (["--model", "pit_tiny"], "invalid choice: 'pit_tiny'"),
         (["--data", "/nonexistent/folder"], "no such folder"),
         (["--image-size", "8"], "smaller than one 16x16 patch"),
-        (["--model", "deepvit_16", "--image-size", "40"], "not a multiple of deepvit_16's patch size 16"),
         (["--epochs", "0"], "--epochs must be a positive int"),
         (["--model-kwargs", "{depth: 1}"], "--model-kwargs must be a JSON object"),
         (["--teacher", "t.keras"], "pit_ti has no distillation head"),

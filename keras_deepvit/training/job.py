@@ -119,17 +119,16 @@ def validate(config):
                 "folder with one sub-folder of images per class."
             )
     size = image_size(config)
-    patch = record.arch.get("patch_size", 16) if record.family_name == "pit" else config.model_kwargs.get(
-        "patch_size", record.arch.get("patch_size", 16))
+    patch = config.model_kwargs.get("patch_size", record.arch.get("patch_size", 16))
     if size < patch:
         raise ValueError(
             f"--image-size {size} is smaller than one {patch}x{patch} patch of {config.model}; "
             f"use at least {patch}."
         )
     if record.family_name != "pit" and size % patch:
-        raise ValueError(
-            f"--image-size {size} is not a multiple of {config.model}'s patch size {patch}; "
-            f"use e.g. {size - size % patch or patch} or {size + patch - size % patch}."
+        logger.warning(
+            "--image-size %d is not a multiple of %s's patch size %d: the stem drops the last %d "
+            "rows and columns.", size, config.model, patch, size % patch,
         )
     return record
 

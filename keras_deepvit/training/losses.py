@@ -263,9 +263,11 @@ class AttentionSimilarityLoss(keras.losses.Loss):
     `main.py` builds the no-token-label loss as `SoftTargetCrossEntropyCosReg()`, i.e.
     with the default `n_comn=2`, whatever the config says.
 
-    The maps must come from the model being trained (a `keras.Model` whose `call`
-    runs `type(model).trace(model, images, return_attention_maps=True)` and stacks the
-    first maps); `model.attention_model()` holds a copy of the weights and cannot train.
+    The maps must come from the model being trained, best from the same forward pass as
+    its logits: a `keras.Model` whose `call` runs
+    `type(model).trace(model, images, return_attention_maps=True)` and stacks the first
+    maps. (`model.attention_model()` shares the model's variables, so its maps train too,
+    but it is a second forward pass.)
 
     Args:
         num_pairs: int, `n_comn`: the pairs `(0, 1) ... (num_pairs - 1, num_pairs)`.
