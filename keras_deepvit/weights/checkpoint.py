@@ -18,6 +18,9 @@ import re
 
 import numpy as np
 
+from keras_deepvit.weights.restricted_unpickler import Placeholder, short_repr
+from keras_deepvit.weights.values import listing
+
 #: Containers that hold a state dict, most preferred first (EMA first when preferred).
 _EMA_KEYS = ("state_dict_ema", "model_ema", "ema", "module_ema")
 _RAW_KEYS = ("state_dict", "model", "module", "net", "params", "weights")
@@ -62,6 +65,7 @@ def extract_state_dict(content, prefer_ema=True, source="checkpoint"):
     current = content
     for _ in range(4):  # wrappers nest at most a few levels deep
         if is_state_dict(current):
+            _check_values(current, ".".join(path), source)
             return dict(current), ".".join(path)
         if not isinstance(current, dict):
             break
@@ -71,12 +75,30 @@ def extract_state_dict(content, prefer_ema=True, source="checkpoint"):
             break
         path.append(found)
         current = current[found]
-    top = sorted(map(str, content)) if isinstance(content, dict) else type(content).__name__
+    if isinstance(content, dict):
+        top = f"a dict of {len(content):,} keys: {listing(sorted(map(short_repr, content)), count=False)}"
+    else:
+        top = f"a {type(content).__name__}"
     raise ValueError(
         f"{source}: no model weights found. Expected a state dict (parameter name -> tensor) "
         f"or a dict holding one under one of {list(_RAW_KEYS + _EMA_KEYS)}; the file holds "
-        f"{top!r}."
+        f"{top}."
     )
+
+
+def _check_values(state_dict, location, source):
+    """Every value a tensor; placeholders and ``*._extra_state`` entries are left to the caller."""
+    for key, value in state_dict.items():
+        if _is_array(value) or isinstance(value, Placeholder) or key.endswith("_extra_state"):
+            continue
+        if isinstance(value, type) and issubclass(value, Placeholder):
+            continue
+        where = f"{location}.{key}" if location else key
+        raise ValueError(
+            f"{source}: the state dict entry {short_repr(where)} is a {type(value).__name__} "
+            f"({short_repr(value, 60)}), not a tensor; a state dict maps parameter names to "
+            "tensors. Re-save it with torch.save(model.state_dict(), ...)."
+        )
 
 
 def _strip_prefixes(state_dict):
@@ -105,10 +127,16 @@ def _rename_timm_pools(state_dict):
 def _join_dist_token(state_dict):
     if "dist_token" not in state_dict or "cls_token" not in state_dict:
         return state_dict
+    cls, dist = (np.asarray(state_dict[k]) for k in ("cls_token", "dist_token"))
+    if cls.ndim != 3 or dist.shape != (cls.shape[0], 1, cls.shape[2]):
+        raise ValueError(
+            f"cls_token {cls.shape} and dist_token {dist.shape} do not join into one (1, 2, dim) "
+            "token array: expected both (1, 1, dim) with the same dim (a distilled PiT/DeiT layout)."
+        )
     joined = {}
     for key, value in state_dict.items():
         if key == "cls_token":
-            value = np.concatenate([value, state_dict["dist_token"]], axis=1)
+            value = np.concatenate([cls, dist], axis=1)
         if key != "dist_token":
             joined[key] = value
     return joined

@@ -31,10 +31,22 @@ inert `Placeholder`. Callers must check the weights for placeholders
 
 Tensors come back as independent C-contiguous little-endian numpy arrays
 (views, offsets and strides resolved; storages shared by several tensors are
-copied per tensor). numpy has no bfloat16, so bfloat16 tensors come back as
+read once and copied per tensor). numpy has no bfloat16, so bfloat16 tensors come back as
 float32 holding exactly the same values (the bits shifted into the upper half
 of a float32). Supported element types: float16/32/64, bfloat16, complex64/128,
 int8/16/32/64, uint8/16/32/64, bool. float8 and quantized tensors are refused.
+
+Untrusted files cost memory and time bounded by their size
+(`keras_deepvit.weights.read_budget`): every pickle is scanned in one linear
+pass before it is unpickled (lengths past the end, oversized memo indices and
+nesting deeper than 256 levels are refused); every size a file declares is
+checked against the bytes it holds before anything is read (zip records against
+``ZipInfo.file_size`` and the tensor's element count; compressed records, which
+``torch.save`` never writes, are decompressed only up to the size needed); and
+the tensor data built from the storages (views repeating elements, stride 0,
+a storage copied by many tensors) may not exceed the read budget, by default
+2 x the file's size + 64 MiB. Whatever goes wrong is a ValueError naming the
+file.
 """
 
 import dataclasses
@@ -47,6 +59,7 @@ import zipfile
 
 import numpy as np
 
+from keras_deepvit.weights.read_budget import ReadBudget, human_bytes, scan_pickle
 from keras_deepvit.weights.restricted_unpickler import (
     KIND_DTYPES,
     MalformedPickle,
@@ -55,6 +68,7 @@ from keras_deepvit.weights.restricted_unpickler import (
     Storage,
     bfloat16_bits_to_float32,
     find_placeholders,
+    short_repr,
     storage_kind,
 )
 
@@ -89,19 +103,24 @@ class Checkpoint:
     placeholders: list[str]
 
 
-def read_checkpoint(path):
+def read_checkpoint(path, max_bytes=None):
     """Read a ``.pth``/``.bin``/``.safetensors`` checkpoint; never imports torch or runs its pickle.
 
     Args:
         path: the checkpoint file (str or path-like).
+        max_bytes: the read budget: most bytes of tensor data to build (see
+            the module docstring); None for 2 x the file's size + 64 MiB.
 
     Returns:
         A `Checkpoint`.
 
     Raises:
         ValueError: the file is empty, truncated, corrupt, in an unsupported
-            format (torch < 0.4 tar, TorchScript, plain pickles) or holds an
-            unsupported dtype; the message names the file.
+            format (torch < 0.4 tar, TorchScript, plain pickles), holds an
+            unsupported dtype, or describes more data than it holds or than
+            ``max_bytes``; the message names the file.
+        MemoryError: the file's own data does not fit in memory (its sizes
+            are consistent); the message names the file.
         OSError: the file cannot be opened.
         ImportError: a safetensors file, without the ``safetensors`` package.
 
@@ -122,15 +141,21 @@ def read_checkpoint(path):
         fmt = _detect_format(path, head, size)
         if fmt == "safetensors" and importlib.util.find_spec("safetensors") is None:
             raise ImportError(f"{path}: reading safetensors files needs `pip install safetensors`")
+        budget = ReadBudget(size, max_bytes)
         try:
             if fmt == "torch-zip":
-                content, names = _read_zip(file)
+                content, names = _read_zip(file, size, budget)
             elif fmt == "torch-legacy":
-                content, names = _read_legacy(file)
+                content, names = _read_legacy(file, size, budget)
             else:
                 content, names = _read_safetensors(path, file), set()
-        except (MemoryError, RecursionError):
-            raise
+        except MemoryError as exc:
+            raise MemoryError(
+                f"{path}: out of memory reading this {fmt} checkpoint of {human_bytes(size)} "
+                f"({human_bytes(budget.used)} of tensor data built so far)"
+            ) from exc
+        except RecursionError as exc:
+            raise ValueError(f"{path}: the {fmt} checkpoint nests its contents too deeply") from exc
         except MalformedPickle as exc:
             raise ValueError(f"{path}: {exc}") from exc
         except Exception as exc:
@@ -160,7 +185,33 @@ def _detect_format(path, head, size):
     )
 
 
-def _read_zip(file):
+def _read_record(archive, name, size, budget, expected=None, what="record"):
+    """A zip record's bytes, its declared sizes checked against ``expected`` and the file first."""
+    info = archive.getinfo(name)
+    declared = info.file_size
+    if expected is not None and declared != expected:
+        raise MalformedPickle(f"{what} {name!r} declares {declared} bytes, expected {expected}")
+    if info.compress_size > size:
+        raise MalformedPickle(
+            f"{what} {name!r} declares {info.compress_size} stored bytes, more than the whole file ({size})"
+        )
+    if info.compress_type == zipfile.ZIP_STORED:
+        if info.compress_size != declared:
+            raise MalformedPickle(
+                f"{what} {name!r} is stored uncompressed but declares {declared} bytes in "
+                f"{info.compress_size}"
+            )
+    else:
+        # torch.save never compresses: whatever a compressed record expands to is extra.
+        budget.take(declared, f"compressed {what} {name!r}")
+    with archive.open(info) as record:
+        data = record.read(declared)  # ZipExtFile stops at file_size: a bomb cannot run on
+    if len(data) != declared:
+        raise MalformedPickle(f"{what} {name!r} holds {len(data)} bytes, its header says {declared}")
+    return data
+
+
+def _read_zip(file, size, budget):
     try:
         archive = zipfile.ZipFile(file)
     except zipfile.BadZipFile as exc:
@@ -177,38 +228,49 @@ def _read_zip(file):
         raise MalformedPickle("a TorchScript archive (torch.jit.save), not a torch.save checkpoint")
     byteorder = "little"
     if prefix + "byteorder" in names:
-        byteorder = archive.read(prefix + "byteorder").decode("ascii", "replace").strip()
+        if archive.getinfo(prefix + "byteorder").file_size > 16:
+            raise MalformedPickle("the byteorder record is longer than 'little' or 'big'")
+        record = _read_record(archive, prefix + "byteorder", size, budget)
+        byteorder = record.decode("ascii", "replace").strip()
         if byteorder not in ("little", "big"):
             raise MalformedPickle(f"unknown byteorder record {byteorder!r}")
     storages = {}
 
     def load_storage(pid):
         if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
-            raise MalformedPickle(f"unexpected persistent id {pid!r:.80}")
+            raise MalformedPickle(f"unexpected persistent id {short_repr(pid)}")
         _, storage_type, key, _location, numel = pid
         kind = storage_kind(storage_type)
+        if not isinstance(key, str):
+            raise MalformedPickle(f"a storage key is {short_repr(key)}, not a string")
         if key not in storages:
             record = f"{prefix}data/{key}"
-            if not isinstance(key, str) or record not in names:
+            if record not in names:
                 raise MalformedPickle(f"missing storage record {record!r}")
-            data = archive.read(record)
-            expected = numel * np.dtype(KIND_DTYPES[kind]).itemsize if isinstance(numel, int) else None
-            if len(data) != expected:
+            if type(numel) is not int or numel < 0:
+                raise MalformedPickle(f"storage record {record!r} has element count {short_repr(numel)}")
+            itemsize = np.dtype(KIND_DTYPES[kind]).itemsize
+            declared = archive.getinfo(record).file_size
+            if declared != numel * itemsize:
                 raise MalformedPickle(
-                    f"storage record {record!r} has {len(data)} bytes, expected {numel!r} {kind} elements"
+                    f"storage record {record!r} has {declared} bytes, expected {numel} {kind} elements"
                 )
-            storages[key] = Storage(record, kind, data, byteorder == "big")
+            data = _read_record(archive, record, size, budget, numel * itemsize, "storage record")
+            storages[key] = Storage(record, kind, data, byteorder == "big", budget)
         return storages[key]
 
-    unpickler = RestrictedUnpickler(io.BytesIO(archive.read(pickles[0])), load_storage)
+    data_pkl = io.BytesIO(_read_record(archive, pickles[0], size, budget))
+    scan_pickle(data_pkl, pickles[0])
+    unpickler = RestrictedUnpickler(data_pkl, load_storage)
     content = unpickler.load()
     return content, unpickler.placeholder_names
 
 
-def _read_legacy(file):
+def _read_legacy(file, size, budget):
     names = set()
 
     def header():
+        scan_pickle(file, "legacy header pickle")
         unpickler = RestrictedUnpickler(file)
         value = unpickler.load()
         names.update(unpickler.placeholder_names)
@@ -240,6 +302,7 @@ def _read_legacy(file):
             raise MalformedPickle(f"storage {key!r} is declared twice with different types or sizes")
         return Storage(key, kind, None)
 
+    scan_pickle(file, "object pickle")
     RestrictedUnpickler(file, declare_storage).load()
     keys = header()
     if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
@@ -257,10 +320,16 @@ def _read_legacy(file):
         nbytes = stored_numel * np.dtype(KIND_DTYPES[kind]).itemsize
         if stored_numel != numel:
             raise MalformedPickle(f"storage record {key!r} holds {stored_numel} elements, expected {numel}")
+        left = size - file.tell()
+        if nbytes > left:
+            raise MalformedPickle(
+                f"file ends inside storage record {key!r}: it declares {numel} {kind} elements "
+                f"({human_bytes(nbytes)}), more than the {left} bytes left in the file"
+            )
         data = file.read(nbytes)
         if len(data) != nbytes:
             raise MalformedPickle(f"file ends inside storage record {key!r}")
-        storages[key] = Storage(key, kind, data)
+        storages[key] = Storage(key, kind, memoryview(data), budget=budget)
     missing = sorted(set(declared) - set(storages))
     if missing:
         raise MalformedPickle(f"missing storage record(s) {missing[:5]}")
@@ -276,9 +345,10 @@ def _read_legacy(file):
         # torch < 1.0 could save a view of part of a storage: (view key, offset, numel).
         root = storages[key]
         itemsize = np.dtype(KIND_DTYPES[root.kind]).itemsize
-        return Storage(view[0], root.kind, root.data[view[1] * itemsize:(view[1] + view[2]) * itemsize])
+        part = root.data[view[1] * itemsize:(view[1] + view[2]) * itemsize]  # a memoryview: no copy
+        return Storage(view[0], root.kind, part, budget=budget)
 
-    file.seek(object_start)
+    file.seek(object_start)  # already scanned
     unpickler = RestrictedUnpickler(file, load_storage)
     content = unpickler.load()
     return content, names | unpickler.placeholder_names
@@ -292,26 +362,27 @@ def _is_module_pid(pid):
 
 def _legacy_pid(pid):
     if not (isinstance(pid, tuple) and len(pid) == 6 and pid[0] == "storage"):
-        raise MalformedPickle(f"unexpected persistent id {pid!r:.80}")
+        raise MalformedPickle(f"unexpected persistent id {short_repr(pid)}")
     _, storage_type, key, _location, numel, view = pid
-    if not isinstance(key, str) or not isinstance(numel, int) or numel < 0:
-        raise MalformedPickle(f"malformed storage reference {pid!r:.80}")
+    if not isinstance(key, str) or type(numel) is not int or numel < 0:
+        raise MalformedPickle(f"malformed storage reference {short_repr(pid)}")
     if view is not None and not (
         isinstance(view, tuple) and len(view) == 3 and isinstance(view[0], str)
         and all(isinstance(v, int) and v >= 0 for v in view[1:]) and view[1] + view[2] <= numel
     ):
-        raise MalformedPickle(f"malformed storage view {view!r:.80}")
+        raise MalformedPickle(f"malformed storage view {short_repr(view)}")
     return key, storage_kind(storage_type), numel
 
 
 def _read_safetensors(path, file):
     from safetensors import safe_open
 
-    (header_size,) = struct.unpack("<Q", file.read(8))
-    header = json.loads(file.read(header_size))
-    data_start = 8 + header_size
     content = {}
+    # safe_open first: it validates the header (size, nesting, offsets) before Python parses it.
     with safe_open(path, framework="numpy") as tensors:
+        (header_size,) = struct.unpack("<Q", file.read(8))
+        header = json.loads(file.read(header_size))
+        data_start = 8 + header_size
         for name in tensors.keys():
             entry = header[name]
             kind = _SAFETENSORS_KINDS.get(entry["dtype"])

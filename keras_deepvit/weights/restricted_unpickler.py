@@ -35,6 +35,7 @@ on anything of ours; none of them gives access to attributes or modules.
 import _compat_pickle
 import collections
 import pickle
+import reprlib
 
 import numpy as np
 
@@ -53,6 +54,11 @@ _STORAGE_CLASSES = {
     "ComplexFloatStorage": "complex64", "LongStorage": "int64", "IntStorage": "int32",
     "ShortStorage": "int16", "CharStorage": "int8", "ByteStorage": "uint8", "BoolStorage": "bool",
 }
+
+
+#: Bounded repr for messages: never recursive beyond a few levels, never huge.
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother = 3, 60, 60
 
 
 class MalformedPickle(ValueError):
@@ -168,16 +174,19 @@ class Storage:
     """One storage's raw bytes; `array` decodes them (cached per kind).
 
     ``data`` is None while a legacy file's storages are still unread (the
-    first of its two passes): tensors rebuilt then are None.
+    first of its two passes): tensors rebuilt then are None. ``budget`` (a
+    `keras_deepvit.weights.read_budget.ReadBudget`, or None for no limit) is
+    charged for every tensor copied out of this storage.
     """
 
-    __slots__ = ("name", "kind", "data", "big_endian", "_arrays")
+    __slots__ = ("name", "kind", "data", "big_endian", "budget", "_arrays")
 
-    def __init__(self, name, kind, data, big_endian=False):
+    def __init__(self, name, kind, data, big_endian=False, budget=None):
         self.name = name
         self.kind = kind
         self.data = data
         self.big_endian = big_endian
+        self.budget = budget
         self._arrays = {}
 
     def array(self, kind=None):
@@ -226,31 +235,61 @@ def _is_index(value):
 
 
 def make_array(storage, offset, size, stride, kind=None):
-    """Copy the view (offset, size, stride in elements) out of ``storage``."""
+    """Copy the view (offset, size, stride in elements) out of ``storage``.
+
+    The copy's bytes are taken from ``storage.budget`` first: a view may
+    repeat its storage's elements (stride 0, overlapping strides), so its size
+    is bounded by the budget, not by the file.
+    """
     if not isinstance(storage, Storage):
         raise MalformedPickle(f"a tensor's storage is {type(storage).__name__}, not a storage")
     if storage.data is None:
         return None
+    if not (isinstance(size, (tuple, list)) and isinstance(stride, (tuple, list))):
+        raise MalformedPickle(
+            f"bad tensor geometry: size {_describe(size)}, stride {_describe(stride)} (tuples expected)"
+        )
     size, stride = tuple(size), tuple(stride)
     if not (
-        _is_index(offset) and len(size) == len(stride)
+        _is_index(offset) and len(size) == len(stride) <= _MAX_DIMS
         and all(map(_is_index, size)) and all(map(_is_index, stride))
     ):
-        raise MalformedPickle(f"bad tensor geometry: offset {offset!r}, size {size!r}, stride {stride!r}")
+        raise MalformedPickle(
+            f"bad tensor geometry: offset {short_repr(offset)}, size {short_repr(size)}, stride {short_repr(stride)}"
+        )
     flat = storage.array(kind)
-    if 0 in size:
+    count = 1
+    for n in size:
+        count *= n
+    if count == 0:
         return np.zeros(size, dtype=flat.dtype)
     last = offset + sum((n - 1) * step for n, step in zip(size, stride))
     if last >= flat.size:
         raise MalformedPickle(
-            f"tensor (offset {offset}, size {size}, stride {stride}) reaches past the end "
+            f"tensor (offset {offset}, size {short_repr(size)}, stride {short_repr(stride)}) reaches past the end "
             f"of storage {storage.name} ({flat.size} elements)"
+        )
+    if storage.budget is not None:
+        storage.budget.take(
+            count * flat.itemsize,
+            f"a tensor of size {short_repr(size)}, stride {short_repr(stride)} from storage {storage.name} "
+            f"({flat.size} elements)",
         )
     view = np.lib.stride_tricks.as_strided(
         flat[offset:], shape=size, strides=[step * flat.itemsize for step in stride], writeable=False
     )
     # A copy: callers get independent, C-contiguous, writable arrays.
     return np.array(view, order="C", copy=True)
+
+
+#: numpy's limit on dimensions.
+_MAX_DIMS = 64
+
+
+def short_repr(value, limit=120):
+    """A repr for error messages: bounded in length and depth, whatever ``value`` is."""
+    text = _REPR.repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _rebuild_tensor(storage, storage_offset, size, stride, *_ignored):
@@ -371,8 +410,53 @@ def _is_placeholder(obj):
     return isinstance(obj, Placeholder) or (isinstance(obj, type) and issubclass(obj, Placeholder))
 
 
-def _join(location, part):
-    return f"{location}.{part}" if location else str(part)
+#: Parts of a location shown at each end; deeper ones are elided, so a report
+#: costs the same at any depth.
+_LOCATION_ENDS = 32
+
+
+def _part(key):
+    if isinstance(key, str):
+        return key if len(key) <= 100 else key[:100] + "..."
+    if isinstance(key, int):
+        return str(key) if key.bit_length() < 300 else short_repr(key)
+    return short_repr(key)
+
+
+class _Location:
+    """A location as a link to its parent: children cost O(1), not O(depth)."""
+
+    __slots__ = ("parent", "part", "depth", "head")
+
+    def __init__(self, parent, part):
+        self.parent, self.part = parent, part
+        self.depth = 1 if parent is None else parent.depth + 1
+        # `head`: the ancestor _LOCATION_ENDS deep, where the shown prefix ends.
+        if self.depth == _LOCATION_ENDS:
+            self.head = self
+        else:
+            self.head = None if parent is None else parent.head
+
+    @staticmethod
+    def _up(node, count):
+        parts = []
+        while node is not None and len(parts) < count:
+            parts.append(str(node.part))
+            node = node.parent
+        return parts[::-1]
+
+    def render(self):
+        if self.depth <= 2 * _LOCATION_ENDS:
+            return ".".join(self._up(self, self.depth))
+        hidden = self.depth - 2 * _LOCATION_ENDS
+        return ".".join(
+            self._up(self.head, _LOCATION_ENDS) + [f"<{hidden} more levels>"]
+            + self._up(self, _LOCATION_ENDS)
+        )
+
+
+def _render(location):
+    return "<root>" if location is None else location.render()
 
 
 _LEAVES = (str, bytes, bytearray, int, float, complex, type(None), np.ndarray, np.generic)
@@ -405,6 +489,8 @@ def find_placeholders(obj):
         ``<callee>``; a
         placeholder used as a dict key is reported at ``<key>``. Each pair
         also carries the placeholder as ``.placeholder`` (see `placeholder_kind`).
+        The walk is iterative and linear in the size of ``obj``; locations
+        deeper than 64 levels show their first and last 32 parts.
 
     Example:
     >>> ns = Placeholder.for_global("argparse.Namespace")()
@@ -413,36 +499,38 @@ def find_placeholders(obj):
     """
     found = []
     seen = set()
-    stack = [("", obj)]
+    stack = [(None, obj)]
     while stack:
         location, item = stack.pop()
         if isinstance(item, _LEAVES):
             continue
         if isinstance(item, type):
             if issubclass(item, Placeholder):
-                found.append(_Found(location or "<root>", item.global_name, item))
+                found.append(_Found(_render(location), item.global_name, item))
             continue
         if id(item) in seen:
             continue
         seen.add(id(item))
         children = []
         if isinstance(item, Placeholder):
-            found.append(_Found(location or "<root>", item.global_name, item))
-            children += [(_join(location, f"<args>.{i}"), a) for i, a in enumerate(item.args)]
-            children += [(_join(location, f"<kwargs>.{k}"), v) for k, v in item.kwargs.items()]
-            children.append((_join(location, "<state>"), item.state))
-            children += [(_join(location, f"<items>.{k}"), v) for k, v in item.items.items()]
-            children += [(_join(location, f"<appended>.{i}"), v) for i, v in enumerate(item.appended)]
-            children.append((_join(location, "<callee>"), item.callee))
+            found.append(_Found(_render(location), item.global_name, item))
+            children += [(_Location(location, f"<args>.{i}"), a) for i, a in enumerate(item.args)]
+            children += [(_Location(location, f"<kwargs>.{_part(k)}"), v) for k, v in item.kwargs.items()]
+            children.append((_Location(location, "<state>"), item.state))
+            children += [(_Location(location, f"<items>.{_part(k)}"), v) for k, v in item.items.items()]
+            children += [(_Location(location, f"<appended>.{i}"), v) for i, v in enumerate(item.appended)]
+            children.append((_Location(location, "<callee>"), item.callee))
         elif isinstance(item, dict):
             for key, value in item.items():
                 if not isinstance(key, _LEAVES):
-                    children.append((_join(location, "<key>"), key))
-                children.append((_join(location, key), value))
+                    children.append((_Location(location, "<key>"), key))
+                children.append((_Location(location, _part(key)), value))
         elif isinstance(item, (list, tuple)):
-            children = [(_join(location, i), value) for i, value in enumerate(item)]
+            children = [
+                (_Location(location, i), value) for i, value in enumerate(item) if not isinstance(value, _LEAVES)
+            ]
         elif isinstance(item, (set, frozenset)):
-            children = [(_join(location, "<set>"), value) for value in item]
+            children = [(_Location(location, "<set>"), value) for value in item]
         stack.extend(reversed(children))
     return found
 

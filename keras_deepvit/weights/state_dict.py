@@ -5,6 +5,7 @@ import numpy as np
 
 from keras_deepvit.weights.checkpoint import normalize_state_dict
 from keras_deepvit.weights.torch_layout import IGNORED_SUFFIXES, torch_layout
+from keras_deepvit.weights.values import SHOWN, cast_for, listing
 
 _SHOWN = 8
 
@@ -15,10 +16,17 @@ normalize_keys = normalize_state_dict
 def _as_numpy(value, key):
     if hasattr(value, "detach"):  # a torch tensor, if the caller passes one
         value = value.detach().cpu().numpy()
+    if isinstance(value, (str, bytes, dict)) or value is None:
+        raise ValueError(f"State dict entry {key!r} is a {type(value).__name__}, not a tensor")
     try:
-        return np.asarray(value)
+        array = np.asarray(value)
     except Exception as error:  # noqa: BLE001 - report which key could not be read
         raise ValueError(f"State dict entry {key!r} is not array-like: {error}") from error
+    if array.dtype.kind not in "biufc":
+        raise ValueError(
+            f"State dict entry {key!r} is a {type(value).__name__} holding {array.dtype} values, not a tensor"
+        )
+    return array
 
 
 def _listing(items):
@@ -28,15 +36,39 @@ def _listing(items):
     return f"{len(items)}: {shown}{more}"
 
 
-def load_torch_state_dict(model, state_dict, skip=()):
+def _torch_shape(convert, shape):
+    """The PyTorch-layout shape a Keras variable of `shape` is saved as."""
+    return tuple(convert.to_torch(np.zeros(shape, "float32")).shape)
+
+
+def _assign_all(model, assignments):
+    """Assigns every `(key, variable, array)`; on any failure restores them all first."""
+    before = [np.array(keras.ops.convert_to_numpy(v), copy=True) for _, v, _ in assignments]
+    done = 0
+    try:
+        for _, variable, array in assignments:
+            variable.assign(array)
+            done += 1
+    except Exception as error:
+        for (_, variable, _), value in zip(assignments[:done], before):
+            variable.assign(value)
+        raise ValueError(
+            f"Could not assign {assignments[done][0]!r} to model '{model.name}' "
+            f"({type(error).__name__}: {str(error)[:200]}); every variable was restored."
+        ) from error
+
+
+def load_torch_state_dict(model, state_dict, skip=(), allow_nonfinite=False):
     """Sets every variable of `model` from an official PyTorch state dict.
 
     Keys are the official parameter names (timm's PiT naming is accepted too);
     values are numpy arrays (or anything `np.asarray` takes, torch tensors
     included). Every Keras variable must be matched by exactly one key with the
     right shape after layout conversion (NCHW->NHWC kernels, transposed dense
-    kernels, ...). On any missing, unexpected or mis-shaped key nothing is
-    assigned and a ValueError lists them. BatchNorm `num_batches_tracked`
+    kernels, ...) and a value that casts to the variable's dtype: numbers (no
+    strings, objects, booleans or complex numbers), finite unless
+    `allow_nonfinite`. On any missing, unexpected, mis-shaped or bad value
+    nothing is assigned and a ValueError lists them (shapes in PyTorch layout). BatchNorm `num_batches_tracked`
     entries are accepted and ignored.
 
     Args:
@@ -44,6 +76,7 @@ def load_torch_state_dict(model, state_dict, skip=()):
         state_dict: mapping of parameter names to arrays.
         skip: official key prefixes to leave untouched on both sides (e.g.
             `("head", "head_dist", "aux_head")` to keep a new classifier).
+        allow_nonfinite: load NaN/Inf values instead of refusing them.
 
     Returns:
         The list of official keys that were loaded.
@@ -69,33 +102,44 @@ def load_torch_state_dict(model, state_dict, skip=()):
     }
     missing = [k for k in expected if k not in given]
     unexpected = [k for k in given if k not in expected]
-    assignments, mismatched = [], []
+    assignments, mismatched, bad_values = [], [], []
     for key, (variable, convert) in expected.items():
         if key not in given:
             continue
-        array = _as_numpy(given[key], key)
+        try:
+            array = _as_numpy(given[key], key)
+        except ValueError as error:
+            bad_values.append(str(error).rstrip("."))
+            continue
         target = tuple(variable.shape)
         converted = convert.to_keras(array, target)
         if tuple(converted.shape) != target:
-            mismatched.append(f"{key} {tuple(array.shape)} -> needs {target}")
+            if len(mismatched) < SHOWN:  # the PyTorch shape costs an array: only for those shown
+                mismatched.append(f"{key} {tuple(array.shape)}, model needs {_torch_shape(convert, target)}")
+            else:
+                mismatched.append(key)
             continue
-        assignments.append((key, variable, converted))
-    if missing or unexpected or mismatched:
+        try:
+            assignments.append((key, variable, cast_for(converted, key, variable.dtype, allow_nonfinite)))
+        except ValueError as error:
+            bad_values.append(str(error).rstrip("."))
+    if missing or unexpected or mismatched or bad_values:
         problems = []
+        if bad_values:
+            problems.append("unusable values " + listing(bad_values, shown=3))
         if missing:
-            problems.append("missing keys " + _listing(missing))
+            problems.append("missing keys " + listing(missing))
         if unexpected:
-            problems.append("unexpected keys " + _listing(unexpected))
+            problems.append("unexpected keys " + listing(unexpected))
         if mismatched:
-            problems.append("shape mismatches " + _listing(mismatched))
+            problems.append("shape mismatches (checkpoint vs model, PyTorch layout) " + listing(mismatched))
         raise ValueError(
             f"The state dict does not fit model '{model.name}'; nothing was loaded. "
             + "; ".join(problems)
             + ". Check that the model was built with the checkpoint's architecture "
             "and input size, or pass skip=(...) for parts you want to keep."
         )
-    for key, variable, array in assignments:
-        variable.assign(array.astype(variable.dtype))
+    _assign_all(model, assignments)
     return [key for key, _, _ in assignments]
 
 
