@@ -11,6 +11,7 @@ import keras
 import numpy as np
 
 from keras_deepvit.imagenet import decode_predictions, imagenet_classes
+from keras_deepvit.predict import eval_transform
 from keras_deepvit.zoo.registry import create_model, variant_info
 
 #: The scikit-image sample photos the demo classifies, in order.
@@ -50,31 +51,6 @@ def load_sample_images(names=SAMPLE_IMAGES):
     return images
 
 
-def resize_and_crop(image, size):
-    """Bicubic resize of the shorter side to `size`, then a central `size` x `size` crop.
-
-    Cropping instead of squashing keeps the aspect ratio, as the official
-    evaluation pipelines do. Returns float32 RGB in 0-255, the models' default
-    input range.
-
-    Example:
-    >>> import numpy as np
-    >>> resize_and_crop(np.zeros((300, 451, 3), "uint8"), 224).shape
-    (224, 224, 3)
-    """
-    try:
-        from PIL import Image
-    except ImportError as error:
-        raise _missing("Pillow", error) from error
-    height, width = image.shape[:2]
-    scale = size / min(height, width)
-    new_width, new_height = max(size, round(width * scale)), max(size, round(height * scale))
-    resized = Image.fromarray(image).resize((new_width, new_height), Image.Resampling.BICUBIC)
-    left, top = (new_width - size) // 2, (new_height - size) // 2
-    cropped = resized.crop((left, top, left + size, top + size))
-    return np.asarray(cropped, dtype="float32")
-
-
 def classify_sample_images(model_name="pit_ti", image_size=None, top=3, seed=0):
     """Builds `model_name` with random weights and classifies the sample photos.
 
@@ -106,7 +82,9 @@ def classify_sample_images(model_name="pit_ti", image_size=None, top=3, seed=0):
     if size < 1:
         raise ValueError(f"image_size must be a positive int, got {image_size!r}.")
     images = load_sample_images()
-    batch = np.stack([resize_and_crop(image, size) for image in images.values()])
+    # The variant's evaluation resize and crop, as `keras-deepvit predict` does.
+    batch = np.stack([eval_transform(image, size, info.crop_pct, info.interpolation)
+                      for image in images.values()])
 
     keras.utils.set_random_seed(seed)
     model = create_model(model_name, input_shape=(size, size, 3))
