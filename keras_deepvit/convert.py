@@ -5,7 +5,9 @@ Builds the registered model, loads the checkpoint (strictly: every key and
 shape checked), runs one batch to verify the result is usable, and writes the
 output atomically. A `.safetensors` output holds the official-key state dict,
 exactly what `weights="imagenet"` keeps in its cache
-(`<variant>.imagenet.safetensors`).
+(`<variant>.imagenet.safetensors`). The report shows the checkpoint's sha256,
+the value to pin for an origin that has none (docs/weights.md); temporary
+files a killed earlier conversion left beside the output are removed.
 """
 
 import os
@@ -49,8 +51,9 @@ def convert_checkpoint(checkpoint, model_name, output, prefer_ema=True, input_sh
             resampled); default: the variant's.
 
     Returns:
-        A dict describing the conversion: model, params, source format,
-        preprocessing, output path and the verification batch's statistics.
+        A dict describing the conversion: model, params, source format, the
+        checkpoint's sha256, preprocessing, output path and the verification
+        batch's statistics.
     """
     output = os.fspath(output)
     if not output.endswith(OUTPUT_SUFFIXES):
@@ -74,6 +77,8 @@ def convert_checkpoint(checkpoint, model_name, output, prefer_ema=True, input_sh
         )
     directory = os.path.dirname(os.path.abspath(output))
     os.makedirs(directory, exist_ok=True)
+    # Only this output's temporaries: the directory may be anyone's.
+    download.remove_stale_temporaries(directory, os.path.basename(output))
     if output.endswith(".safetensors"):
         write_state_dict(state_dict, output)
     else:
@@ -82,6 +87,7 @@ def convert_checkpoint(checkpoint, model_name, output, prefer_ema=True, input_sh
         "model": model_name,
         "params": model.count_params(),
         "source": source,
+        "sha256": download.sha256_of(checkpoint),
         "preprocessing": preprocessing_config(model_name),
         "output": output,
         "verification": {
@@ -98,6 +104,7 @@ def format_report(report):
     return [
         f"model:          {report['model']} ({report['params']:,} parameters)",
         f"source:         {report['source']}",
+        f"sha256:         {report['sha256']}",
         f"preprocessing:  mean={pre['mean']} std={pre['std']} input={pre['input_size']} "
         f"crop_pct={pre['crop_pct']} {pre['interpolation']}",
         f"verified:       one batch {report['verification']['batch']} -> finite outputs, "

@@ -421,3 +421,180 @@ def test_stale_temporary_files_are_removed(server, cache):
     os.utime(old, (time.time() - age, time.time() - age))
     fetch("w.pth", [server.url("/w.pth")], cache_dir=cache)
     assert _listing(cache) == [os.path.basename(fresh), "w.pth"]
+
+
+# --- hardening: timeouts, lengths, verification before the final name, stale temporaries ----
+
+
+def _no_length(server, path, data):
+    """Serves `data` without Content-Length, then closes: the client cannot tell it is short."""
+
+    def route(handler):
+        handler.send_response(200)
+        handler.end_headers()
+        handler.wfile.write(data)
+        handler.wfile.flush()
+        handler.close_connection = True
+
+    server.routes[path] = route
+
+
+def _stall(server, path, first=None):
+    """Accepts, then sends nothing (or the headers and `first` bytes) until the test ends."""
+
+    def route(handler):
+        if first is not None:
+            handler.send_response(200)
+            handler.send_header("Content-Length", str(len(PAYLOAD)))
+            handler.end_headers()
+            handler.wfile.write(first)
+            handler.wfile.flush()
+        server.stop.wait(60)
+
+    server.routes[path] = route
+
+
+def _bounded(call, seconds):
+    """Runs `call` in a thread; fails the test (instead of hanging it) if it takes longer."""
+    outcome = {}
+
+    def target():
+        try:
+            outcome["value"] = call()
+        except BaseException as error:  # noqa: BLE001 - handed to the test thread
+            outcome["error"] = error
+
+    thread = threading.Thread(target=target, daemon=True)
+    start = time.monotonic()
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        pytest.fail(f"still running after {seconds} s: no timeout on the download")
+    return outcome, time.monotonic() - start
+
+
+def _whole_payload(path):
+    if open(path, "rb").read() != PAYLOAD:
+        raise ValueError("incomplete checkpoint")
+
+
+def test_short_body_against_content_length_names_the_byte_counts(server, cache):
+    server.truncated("/w.pth", PAYLOAD[:1000], claimed=len(PAYLOAD))
+    with pytest.raises(WeightsDownloadError) as info:
+        fetch("w.pth", [server.url("/w.pth")], cache_dir=cache)
+    assert f"truncated download: got 1,000 of {len(PAYLOAD):,} bytes" in str(info.value)
+    assert _listing(cache) == []
+
+
+def test_truncated_body_without_length_is_refused_by_the_check(server, cache):
+    _no_length(server, "/w.pth", PAYLOAD[:20_000])
+    with pytest.raises(WeightsDownloadError, match="checksum mismatch"):
+        fetch("w.pth", [server.url("/w.pth")], sha256=PAYLOAD_SHA, cache_dir=cache)
+    with pytest.raises(WeightsDownloadError, match="incomplete checkpoint"):
+        fetch("w.pth", [server.url("/w.pth")], cache_dir=cache, validate=_whole_payload)
+    assert _listing(cache) == []
+    _no_length(server, "/w.pth", PAYLOAD)  # a whole body without a length is fine
+    assert open(fetch("w.pth", [server.url("/w.pth")], cache_dir=cache, validate=_whole_payload),
+                "rb").read() == PAYLOAD
+
+
+@pytest.mark.parametrize("first", [None, PAYLOAD[:1000]], ids=["before_headers", "mid_body"])
+def test_stalled_server_times_out(server, cache, monkeypatch, first):
+    _stall(server, "/w.pth", first)
+    server.serve("/good.pth", PAYLOAD)
+    monkeypatch.setenv(download.TIMEOUT_ENV, "0.5")
+    outcome, seconds = _bounded(
+        lambda: fetch("w.pth", [server.url("/w.pth"), server.url("/good.pth")], cache_dir=cache), 15)
+    assert "error" not in outcome, outcome.get("error")
+    assert open(outcome["value"], "rb").read() == PAYLOAD  # the next URL was tried
+    assert seconds < 10
+    outcome, _ = _bounded(lambda: fetch("v.pth", [server.url("/w.pth")], cache_dir=cache, timeout=0.5), 15)
+    message = str(outcome["error"])
+    assert "no data for 0.5 s" in message and download.TIMEOUT_ENV in message
+    assert not any(name.startswith(".v.pth") for name in _listing(cache))
+
+
+def test_timeout_setting_is_validated(monkeypatch, cache):
+    monkeypatch.setenv(download.TIMEOUT_ENV, "soon")
+    with pytest.raises(ValueError, match=f"{download.TIMEOUT_ENV}=soon"):
+        fetch("w.pth", ["http://127.0.0.1:9/w"], cache_dir=cache)
+    with pytest.raises(ValueError, match="positive number of seconds"):
+        fetch("w.pth", ["http://127.0.0.1:9/w"], cache_dir=cache, timeout=0)
+
+
+def test_corrupt_cached_file_is_removed_and_fetched_again(server, cache, caplog):
+    server.serve("/w.pth", PAYLOAD)
+    os.makedirs(cache)
+    cached = os.path.join(cache, "w.pth")
+    with open(cached, "wb") as f:
+        f.write(PAYLOAD[:100])
+    with caplog.at_level("WARNING", logger=download.__name__):
+        path = fetch("w.pth", [server.url("/w.pth")], cache_dir=cache, validate=_whole_payload)
+    assert open(path, "rb").read() == PAYLOAD
+    assert server.counts["/w.pth"] == 1
+    assert f"Removed the cached {cached} (not a valid checkpoint: incomplete checkpoint)" in caplog.text
+    # When nothing better can be fetched, the error says what was removed and what was tried.
+    with open(cached, "wb") as f:
+        f.write(PAYLOAD[:100])
+    with pytest.raises(WeightsDownloadError) as info:
+        fetch("w.pth", [server.url("/missing.pth")], cache_dir=cache, validate=_whole_payload)
+    message = str(info.value)
+    assert f"Removed the cached {cached}: not a valid checkpoint: incomplete checkpoint" in message
+    assert f"{server.url('/missing.pth')}: HTTP 404" in message
+    assert _listing(cache) == []
+
+
+def test_bad_mirror_file_is_not_cached(server, cache, tmp_path, monkeypatch):
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    (mirror / "w.pth").write_bytes(PAYLOAD[:3000])
+    monkeypatch.setenv(MIRROR_ENV, str(mirror))
+    with pytest.raises(WeightsDownloadError) as info:
+        fetch("w.pth", [], cache_dir=cache, validate=_whole_payload)
+    assert f"The mirror file {mirror / 'w.pth'} is not the expected w.pth" in str(info.value)
+    assert _listing(cache) == []
+    (mirror / "w.pth").write_bytes(PAYLOAD)
+    assert open(fetch("w.pth", [], cache_dir=cache, validate=_whole_payload), "rb").read() == PAYLOAD
+
+
+def test_pinned_sha256_file(server, cache, tmp_path, monkeypatch):
+    server.serve("/w.pth", PAYLOAD)
+    pins = tmp_path / "SHA256SUMS"
+    pins.write_text(f"{'0' * 64}  w.pth\n{PAYLOAD_SHA} *v.pth\n")  # the format `sha256sum` prints
+    monkeypatch.setenv(download.SHA256_ENV, str(pins))
+    assert download.pinned_sha256("v.pth") == PAYLOAD_SHA and download.pinned_sha256("x.pth") is None
+    with pytest.raises(WeightsDownloadError) as info:
+        fetch("w.pth", [server.url("/w.pth")], cache_dir=cache)
+    assert f"checksum mismatch: expected sha256 {'0' * 64}, got {PAYLOAD_SHA}" in str(info.value)
+    assert str(pins) in str(info.value)
+    assert _listing(cache) == []
+    path = fetch("v.pth", [server.url("/w.pth")], cache_dir=cache)
+    assert open(path, "rb").read() == PAYLOAD
+    pins.write_text("not a checksum line\n")
+    with pytest.raises(ValueError, match="line 1"):
+        fetch("v.pth", [server.url("/w.pth")], cache_dir=cache)
+
+
+def test_temporaries_of_dead_processes_are_removed(server, cache, tmp_path):
+    """A killed process's temporary file goes on the next call, whatever file it was for."""
+    os.makedirs(cache)
+    target, flag = os.path.join(cache, "pit_ti.imagenet.safetensors"), tmp_path / "ready"
+    script = _module_loader() + textwrap.dedent(f"""
+        with mod.atomic_output({target!r}) as tmp:
+            with open(tmp, "wb") as f:
+                f.write(b"half of it")
+            open({str(flag)!r}, "w").close()
+            time.sleep(300)
+    """)
+    proc, log = _start(script, tmp_path, "killed.log")
+    try:
+        _wait_for(flag.exists, "the ready flag", proc, log)
+    finally:
+        _kill(proc)
+    (leftover,) = _listing(cache)
+    server.serve("/w.pth", PAYLOAD)
+    with atomic_output(os.path.join(cache, "busy.bin")) as mine:  # a live process's: kept
+        open(mine, "wb").close()
+        fetch("w.pth", [server.url("/w.pth")], cache_dir=cache)
+        assert _listing(cache) == sorted([os.path.basename(mine), "w.pth"]), leftover
+    assert _listing(cache) == ["busy.bin", "w.pth"]

@@ -2,6 +2,8 @@
 other input sizes and heads from the cache, server down, a killed conversion; the
 `convert` command; `preprocess_input`."""
 
+import dataclasses
+import hashlib
 import http.server
 import os
 import signal
@@ -20,8 +22,8 @@ from helpers import infer, to_numpy
 from keras_deepvit.weights import keras_to_torch_state_dict
 from keras_deepvit.weights.download import WeightsDownloadError
 from keras_deepvit.models import PiT
-from keras_deepvit.zoo.imagenet import converted_filename
-from keras_deepvit.zoo.records import RECORDS
+from keras_deepvit.zoo.imagenet import converted_filename, official_state_dict
+from keras_deepvit.zoo.records import RECORDS, Checkpoint
 
 safetensors_numpy = pytest.importorskip("safetensors.numpy")
 
@@ -31,6 +33,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 class _Files(http.server.BaseHTTPRequestHandler):
     files = {}
     requests = []
+    without_length = set()  # served with no Content-Length: a short body looks complete
 
     def do_GET(self):  # noqa: N802 - http.server's naming
         type(self).requests.append(self.path)
@@ -39,7 +42,8 @@ class _Files(http.server.BaseHTTPRequestHandler):
             self.send_error(404)
             return
         self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
+        if self.path.lstrip("/") not in type(self).without_length:
+            self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
 
@@ -49,7 +53,7 @@ class _Files(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture()
 def server():
-    _Files.files, _Files.requests = {}, []
+    _Files.files, _Files.requests, _Files.without_length = {}, [], set()
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Files)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
@@ -172,9 +176,91 @@ def test_a_wrong_checkpoint_is_refused_before_caching(server, tmp_path, monkeypa
     monkeypatch.setenv("KERAS_DEEPVIT_WEIGHTS_MIRROR", base)
     cache = tmp_path / "cache"
     monkeypatch.setenv("KERAS_DEEPVIT_CACHE_DIR", str(cache))
-    with pytest.raises(ValueError, match="not the pit_ti checkpoint.*looks like 'pit_xs'"):
+    with pytest.raises(WeightsDownloadError, match="not the pit_ti checkpoint.*looks like 'pit_xs'"):
         keras_deepvit.create_model("pit_ti", weights="imagenet", input_shape=(64, 64, 3))
-    assert not (cache / converted_filename(RECORDS["pit_ti"])).exists()
+    assert os.listdir(cache) == []  # neither converted nor raw: the next run downloads again
+
+
+def _use(monkeypatch, cache, mirror=None):
+    monkeypatch.setenv("KERAS_DEEPVIT_CACHE_DIR", str(cache))
+    if mirror is None:
+        monkeypatch.delenv("KERAS_DEEPVIT_WEIGHTS_MIRROR")
+    else:
+        monkeypatch.setenv("KERAS_DEEPVIT_WEIGHTS_MIRROR", str(mirror))
+
+
+def test_a_truncated_download_without_length_is_refused_then_fetched_again(
+    server, pit_ti_checkpoint, tmp_path, monkeypatch
+):
+    base, handler = server
+    body, state = pit_ti_checkpoint[:2]
+    name = "pit_ti.timm.safetensors"
+    handler.files[name] = body[: len(body) // 2]
+    handler.without_length.add(name)
+    _use(monkeypatch, tmp_path, base)
+    with pytest.raises(WeightsDownloadError) as info:
+        official_state_dict(RECORDS["pit_ti"])
+    assert f"{base}/{name}: not a valid checkpoint: the download: " in str(info.value)
+    assert "truncated" in str(info.value)
+    assert os.listdir(tmp_path) == []  # not cached under its name, no temporary file either
+    handler.files[name] = body
+    state_dict, source = official_state_dict(RECORDS["pit_ti"])
+    assert source == str(tmp_path / name) and handler.requests.count(f"/{name}") == 2
+    np.testing.assert_array_equal(state_dict["norm.weight"], state["norm.weight"])
+
+
+def test_a_bad_mirror_file_is_never_cached(pit_ti_checkpoint, tmp_path, monkeypatch):
+    body = pit_ti_checkpoint[0]
+    mirror, cache = tmp_path / "mirror", tmp_path / "cache"
+    mirror.mkdir()
+    _use(monkeypatch, cache, mirror)
+    source = mirror / "pit_ti.timm.safetensors"
+    source.write_bytes(body[:-1000])
+    with pytest.raises(WeightsDownloadError, match=f"The mirror file {source} is not the expected.*truncated"):
+        official_state_dict(RECORDS["pit_ti"])
+    safetensors_numpy.save_file({"w": np.eye(2, dtype="float32")}, str(source))  # a wrong file
+    with pytest.raises(WeightsDownloadError, match="this is not the pit_ti checkpoint"):
+        official_state_dict(RECORDS["pit_ti"])
+    assert os.listdir(cache) == []
+    source.write_bytes(body)
+    assert official_state_dict(RECORDS["pit_ti"])[1] == str(cache / "pit_ti.timm.safetensors")
+
+
+def test_a_corrupt_cached_checkpoint_is_removed_and_fetched_again(
+    server, pit_ti_checkpoint, tmp_path, monkeypatch, caplog
+):
+    base, handler = server
+    body = pit_ti_checkpoint[0]
+    handler.files["pit_ti.timm.safetensors"] = body
+    _use(monkeypatch, tmp_path, base)
+    cached = tmp_path / "pit_ti.timm.safetensors"
+    cached.write_bytes(body[: len(body) // 3])  # e.g. a hand download that stopped half way
+    with caplog.at_level("WARNING", logger="keras_deepvit.weights.download"):
+        state_dict, source = official_state_dict(RECORDS["pit_ti"])
+    assert source == str(cached) and cached.read_bytes() == body
+    assert f"Removed the cached {cached} (not a valid checkpoint" in caplog.text
+    assert len(handler.requests) == 1
+
+
+def test_the_next_origin_is_tried_after_a_bad_one(server, pit_ti_checkpoint, tmp_path, monkeypatch):
+    base, handler = server
+    body, state = pit_ti_checkpoint[:2]
+    record = dataclasses.replace(RECORDS["pit_ti"], checkpoints=(
+        Checkpoint("a.safetensors", f"{base}/a"), Checkpoint("b.safetensors", f"{base}/b")))
+    handler.files.update(a=body[:5000], b=body)
+    handler.without_length.add("a")
+    _use(monkeypatch, tmp_path)
+    state_dict, source = official_state_dict(record)
+    assert source == str(tmp_path / "b.safetensors") and handler.requests == ["/a", "/b"]
+    assert os.listdir(tmp_path) == ["b.safetensors"]
+    np.testing.assert_array_equal(state_dict["norm.weight"], state["norm.weight"])
+    os.remove(tmp_path / "b.safetensors")
+    del handler.files["b"]
+    with pytest.raises(WeightsDownloadError) as info:
+        official_state_dict(record)
+    message = str(info.value)
+    assert "No source of the pit_ti checkpoint could be used" in message
+    assert f"{base}/a: not a valid checkpoint" in message and f"{base}/b: HTTP 404" in message
 
 
 def test_imagenet_for_a_model_without_published_weights():
@@ -244,6 +330,7 @@ def test_cache_survives_a_killed_conversion(server, pit_ti_checkpoint, tmp_path,
     )
     assert converted.is_file()
     np.testing.assert_allclose(infer(model, images), expected, rtol=1e-5, atol=1e-5)
+    assert os.listdir(tmp_path) == ["saving", converted.name]  # the killed run's temporary file is gone
 
 
 def test_convert_command(pit_ti_checkpoint, tmp_path, capsys):
@@ -256,6 +343,7 @@ def test_convert_command(pit_ti_checkpoint, tmp_path, capsys):
     assert main(["convert", str(source), "--model", "pit_ti", "-o", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "4,847,272 parameters" in printed and "safetensors" in printed and "0.485" in printed
+    assert f"sha256:         {hashlib.sha256(body).hexdigest()}" in printed  # to pin the origin
     model = keras_deepvit.create_model("pit_ti", weights=str(out), classifier_activation=None,
                                        include_preprocessing=False)
     images, expected = pit_ti_checkpoint[2], pit_ti_checkpoint[3]

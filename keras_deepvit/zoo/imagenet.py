@@ -1,13 +1,18 @@
 """`weights="imagenet"`: the official checkpoint, downloaded once, normalised once.
 
 The first use of a variant downloads its checkpoint (the record's origins,
-tried in order; `$KERAS_DEEPVIT_WEIGHTS_MIRROR` for air-gapped machines),
-reads it without torch, checks that it holds the variant's architecture, loads
-it into the model and caches its normalised official-key state dict as
-`<variant>.imagenet.safetensors` (written atomically; the raw download is then
-removed). Every later use, at any input size, head or option, reads that file
-and goes through the same all-or-nothing `load_state_dict_into`: position
-embeddings resampled, classifier heads left out when they do not fit.
+tried in order; `$KERAS_DEEPVIT_WEIGHTS_MIRROR` for air-gapped machines). Before
+the download gets its name in the cache it is verified: its pinned sha256 when
+there is one, else it is read whole without torch (every tensor present and
+complete) and must hold the variant's architecture; a bad origin is skipped for
+the next. The weights are loaded into the model and the normalised official-key
+state dict is cached as `<variant>.imagenet.safetensors` (written atomically;
+the raw download is then removed). Every later use, at any input size, head or
+option, reads that file and goes through the same all-or-nothing
+`load_state_dict_into`: position embeddings resampled, classifier heads left out
+when they do not fit. A cached file that no longer reads, or holds another
+architecture, is removed with one warning and fetched again; temporary files of
+killed runs are removed on the next use (`download.remove_stale_temporaries`).
 """
 
 import logging
@@ -61,24 +66,57 @@ def no_weights_error(record):
     )
 
 
-def fetch_checkpoint(record, cache_dir=None):
-    """The local path of the variant's official checkpoint, downloaded if needed."""
+def _full_check(record, read):
+    """A `validate` for `download.fetch`: the whole file read, the architecture checked.
+
+    The state dict read is kept in `read`, so a verified download is not read twice.
+    """
+
+    def validate(path):
+        looks_like_checkpoint(path)
+        state_dict, _ = read_state_dict(path)
+        if record.name not in looks_like(state_dict):
+            raise ValueError(f"this is not the {record.name} checkpoint. {describe(state_dict)}")
+        read["state_dict"] = state_dict
+
+    return validate
+
+
+def _fetch(record, cache_dir, read):
     converted = os.path.join(download.cache_dir(cache_dir), converted_filename(record))
-    errors = []
+    errors, failures = [], []
     for origin in record.checkpoints:
+        read.clear()
         try:
             return download.fetch(
                 origin.filename, [origin.url], sha256=origin.sha256, cache_dir=cache_dir,
                 manual_hint=manual_command(record, origin.filename, converted),
-                validate=looks_like_checkpoint,
+                validate=_full_check(record, read),
             )
         except download.WeightsDownloadError as error:
             errors.append(str(error))
+            failures += error.failures
     if len(errors) == 1:
-        raise download.WeightsDownloadError(errors[0])
+        raise download.WeightsDownloadError(errors[0], failures=failures)
     raise download.WeightsDownloadError(
-        f"No source of the {record.name} checkpoint could be used:\n\n" + "\n\n".join(errors)
+        f"No source of the {record.name} checkpoint could be used:\n\n" + "\n\n".join(errors),
+        failures=failures,
     )
+
+
+def fetch_checkpoint(record, cache_dir=None):
+    """The local path of the variant's official checkpoint, downloaded and verified if needed.
+
+    Each origin is tried in turn; a file (downloaded, from the mirror, or
+    already cached) gets or keeps its name only when its pinned sha256
+    matches or, with none pinned, it reads whole and holds the variant's
+    architecture.
+
+    Raises:
+        WeightsDownloadError: no origin gave such a file; the message lists
+            every origin, why it failed, and the steps to do it by hand.
+    """
+    return _fetch(record, cache_dir, {})
 
 
 def write_state_dict(state_dict, path):
@@ -88,14 +126,19 @@ def write_state_dict(state_dict, path):
         safetensors.numpy.save_file(arrays, temporary)
 
 
-def _read_cached(path):
-    """The cached state dict, or None (file removed, one log line) when it is unreadable."""
+def _read_cached(path, record):
+    """`(state_dict, None)`, or `(None, why)` after removing an unusable file (one warning)."""
     try:
-        return safetensors.numpy.load_file(path)
+        state_dict = safetensors.numpy.load_file(path)
     except Exception as error:  # noqa: BLE001 - safetensors raises its own and OS errors
-        logger.warning("Removed the unreadable cached weights %s (%s); fetching them again.", path, error)
-        os.remove(path)
-        return None
+        reason = f"unreadable: {error}"
+    else:
+        if record.name in looks_like(state_dict):
+            return state_dict, None
+        reason = f"not the {record.name} weights: {describe(state_dict)}"
+    logger.warning("Removed the unreadable cached weights %s (%s); fetching them again.", path, reason)
+    os.remove(path)
+    return None, f"Removed the cached weights {path} ({reason})."
 
 
 def _note_old_cache(directory, record):
@@ -113,21 +156,35 @@ def official_state_dict(record, cache_dir=None):
 
     Returns:
         `(state_dict, source)`, the source naming the file it came from.
+
+    Raises:
+        WeightsDownloadError: no origin gave a verified checkpoint (the
+            message also names any cached file that was removed).
     """
     directory = download.cache_dir(cache_dir)
+    download.remove_stale_temporaries(directory)  # e.g. a conversion killed while writing
     converted = os.path.join(directory, converted_filename(record))
+    removed = None
     if os.path.isfile(converted):
-        state_dict = _read_cached(converted)
+        state_dict, removed = _read_cached(converted, record)
         if state_dict is not None:
             return state_dict, converted
     _note_old_cache(directory, record)
-    raw = fetch_checkpoint(record, cache_dir)
-    state_dict, _ = read_state_dict(raw)
-    if record.name not in looks_like(state_dict):
-        raise ValueError(
-            f"{raw}: this is not the {record.name} checkpoint. {describe(state_dict)} Delete the "
-            "file (or fix the mirror) and try again."
-        )
+    read = {}
+    try:
+        raw = _fetch(record, cache_dir, read)
+    except download.WeightsDownloadError as error:
+        if removed is None:
+            raise
+        raise download.WeightsDownloadError(f"{removed}\n{error}", failures=error.failures) from error
+    state_dict = read.get("state_dict")
+    if state_dict is None:  # vouched for by its sha256, so not read yet
+        state_dict, _ = read_state_dict(raw)
+        if record.name not in looks_like(state_dict):
+            raise ValueError(
+                f"{raw}: this is not the {record.name} checkpoint, although its sha256 matches the "
+                f"pin. {describe(state_dict)} Fix the pin (docs/weights.md) and delete the file."
+            )
     return state_dict, raw
 
 
