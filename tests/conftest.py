@@ -33,3 +33,20 @@ def _seed_and_clear():
     keras.utils.set_random_seed(0)
     yield
     keras.backend.clear_session()
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Names the test modules (or tests) skipped for a missing package, so they cannot vanish."""
+    missing = {}
+    for report in terminalreporter.stats.get("skipped", []):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        if "could not import" in reason or "No module named" in reason:
+            module = (report.nodeid or str(report.fspath)).split("::")[0]
+            whole = "::" not in report.nodeid
+            count, _, _ = missing.get(module, (0, whole, reason))
+            missing[module] = (count + 1, whole, reason)
+    if missing:
+        terminalreporter.section("skipped for a missing package")
+        for module, (count, whole, reason) in sorted(missing.items()):
+            what = "whole module" if whole else f"{count} test(s)"
+            terminalreporter.line(f"{module} ({what}): {reason}")

@@ -105,13 +105,16 @@ def rel_l2(actual, expected):
 
 
 def load_fixture(name):
-    """(keys.json dict, npz arrays, state dict of numpy arrays) of a tiny fixture."""
-    import torch
+    """(keys.json dict, npz arrays, state dict of numpy arrays) of a tiny fixture.
+
+    The `.pth` goes through our torch-free reader, so fixture parity runs without torch.
+    """
+    from keras_deepvit.weights.checkpoint_reader import read_checkpoint
 
     meta = json.loads((TINY_DIR / f"{name}.keys.json").read_text())
     arrays = dict(np.load(TINY_DIR / f"{name}.npz"))
-    state = torch.load(TINY_DIR / f"{name}.pth", map_location="cpu", weights_only=True)
-    return meta, arrays, {k: v.numpy() for k, v in state.items()}
+    state = read_checkpoint(str(TINY_DIR / f"{name}.pth")).content
+    return meta, arrays, {k: np.asarray(v) for k, v in state.items()}
 
 
 def keras_kwargs_from_official(model_class, class_kwargs):

@@ -256,3 +256,174 @@ class TestWithTorchFiles:
                            r"call to posix\.system at key 'pos_embed'"):
             keras_deepvit.weights.read_state_dict(path)
         assert not marker.exists()
+
+
+# --- All or nothing: every value checked before the first variable is assigned -----------
+
+TINY_PIT = dict(base_dims=(16,), depth=(1,), heads=(2,), input_shape=(32, 32, 3), classes=4)
+
+
+def snapshot(model):
+    """Copies of every variable (a PyTorch CPU variable's numpy view shares its memory)."""
+    return [np.array(to_numpy(v), copy=True) for v in model.variables]
+
+
+def assert_unchanged(model, before):
+    after = snapshot(model)
+    assert len(after) == len(before)
+    changed = [v.path for v, a, b in zip(model.variables, before, after) if not np.array_equal(a, b, equal_nan=True)]
+    assert not changed, f"{len(changed)} of {len(before)} variables changed: {changed[:5]}"
+
+
+def tiny_pit_state(seed=1):
+    keras.utils.set_random_seed(seed)
+    return keras_to_torch_state_dict(PiT(**TINY_PIT))
+
+
+def last_key(model):
+    return [key for key, _, _ in model.checkpoint_layout()][-1]
+
+
+BAD_VALUES = {
+    "strings": (lambda a: [["x"] * a.shape[-1]] * a.shape[0] if a.ndim == 2 else ["x"] * a.size, r"holds strings|<U1 values"),
+    "none": (lambda a: [None] * a.shape[0], r"holds Python objects|is a list holding object"),
+    "nan": (lambda a: np.full(a.shape, np.nan, "float32"), "non-finite"),
+    "inf": (lambda a: np.full(a.shape, np.inf, "float32"), "non-finite"),
+    "overflow": (lambda a: np.full(a.shape, 1e300), "outside the range of float32"),
+    "complex": (lambda a: a.astype("complex64"), "holds complex numbers"),
+    "bool": (lambda a: np.ones(a.shape, bool), "holds booleans"),
+    "ragged": (lambda a: [[1.0, 2.0], [3.0]], r"not an array|not array-like"),
+}
+
+
+def test_a_bad_value_loads_nothing():
+    model = PiT(**TINY_PIT)
+    key = last_key(model)  # every other key would be assigned first by a loader that goes along
+    before, good = snapshot(model), tiny_pit_state()
+    for kind, (make, message) in BAD_VALUES.items():
+        state = dict(good, **{key: make(good[key])})
+        for load in (keras_deepvit.weights.load_torch_state_dict, keras_deepvit.weights.load_state_dict_into):
+            with pytest.raises(ValueError, match=message) as error:
+                load(model, state)
+                pytest.fail(f"{kind} loaded")
+            assert repr(key) in str(error.value), kind
+            assert_unchanged(model, before)
+
+
+def test_nonfinite_values_load_when_asked():
+    model = PiT(**TINY_PIT)
+    state = tiny_pit_state()
+    state["norm.weight"] = np.full_like(state["norm.weight"], np.nan)
+    keras_deepvit.weights.load_state_dict_into(model, state, allow_nonfinite=True)
+    assert np.isnan(to_numpy(model.norm.gamma)).all()
+
+
+def save_safetensors(state, path):
+    safetensors_numpy.save_file({k: np.ascontiguousarray(v) for k, v in state.items()}, str(path))
+    return path
+
+
+def test_nan_checkpoint_files_load_nothing(tmp_path):
+    model = PiT(**TINY_PIT)
+    state = tiny_pit_state()
+    state[last_key(model)] = np.full_like(state[last_key(model)], np.nan)
+    path = save_safetensors(state, tmp_path / "nan.safetensors")
+    before = snapshot(model)
+    with pytest.raises(ValueError, match=r"nan\.safetensors.*non-finite.*allow_nonfinite=True"):
+        keras_deepvit.weights.load_weights(model, path)
+    assert_unchanged(model, before)
+    keras_deepvit.weights.load_weights(model, path, allow_nonfinite=True)
+
+    donor = PiT(**TINY_PIT)
+    donor.head.kernel.assign(np.full(donor.head.kernel.shape, np.inf, "float32"))
+    for suffix in (".weights.h5", ".keras"):
+        saved = tmp_path / f"inf{suffix}"
+        donor.save_weights(saved) if suffix == ".weights.h5" else donor.save(saved)
+        model = PiT(**TINY_PIT)
+        before = snapshot(model)
+        with pytest.raises(ValueError, match=r"non-finite") as error:
+            keras_deepvit.weights.load_weights(model, saved)
+        assert str(saved) in str(error.value)
+        assert_unchanged(model, before)
+
+
+def test_stale_imagenet_cache_loads_nothing(tmp_path):
+    from keras_deepvit.zoo.imagenet import converted_filename, load_imagenet_weights
+
+    record = keras_deepvit.variant_info("pit_ti")
+    model = keras_deepvit.create_model("pit_ti", input_shape=(32, 32, 3))
+    state = keras_to_torch_state_dict(model)
+    state["head.bias"] = np.full_like(state["head.bias"], np.nan)
+    save_safetensors(state, tmp_path / converted_filename(record))
+    before = snapshot(model)
+    with pytest.raises(ValueError, match=r"imagenet\.safetensors.*'head\.bias' has 1,000 non-finite"):
+        load_imagenet_weights(model, record, cache_dir=str(tmp_path))
+    assert_unchanged(model, before)
+
+
+def test_shape_mismatches_compare_pytorch_layouts():
+    model = PiT(**TINY_PIT)
+    state = tiny_pit_state()
+    state["head.weight"] = np.zeros((4, 17), "float32")  # model: Linear(32 -> 4), (out, in) = (4, 32)
+    with pytest.raises(ValueError, match=r"head\.weight \(4, 17\), model needs \(4, 32\)") as error:
+        keras_deepvit.weights.load_torch_state_dict(model, state)
+    assert "(32, 4)" not in str(error.value)  # the Keras kernel layout is never shown
+
+
+def test_long_key_lists_are_cut_with_counts():
+    model = PiT(**TINY_PIT)
+    state = dict(tiny_pit_state(), **{f"extra.{i}": np.zeros(1, "float32") for i in range(20_000)})
+    with pytest.raises(ValueError, match=r"unexpected keys 20,000: extra\.0, .* \.\.\. and 19,990 more") as error:
+        keras_deepvit.weights.load_torch_state_dict(model, state)
+    assert len(str(error.value)) < 1500
+
+
+def test_non_array_values_and_token_mismatch_are_named():
+    model = PiT(**TINY_PIT)
+    state = tiny_pit_state()
+    state["pos_embed"] = "not an array"
+    with pytest.raises(ValueError, match=r"'pos_embed' holds strings"):
+        keras_deepvit.weights.load_state_dict_into(model, state)
+    state = tiny_pit_state()
+    state["dist_token"] = np.zeros((1, 1, 7), "float32")
+    with pytest.raises(ValueError, match=r"cls_token \(1, 1, 32\) and dist_token \(1, 1, 7\) do not join"):
+        keras_deepvit.weights.load_state_dict_into(model, state)
+
+
+def test_keras_files_misfit_or_truncated_load_nothing(tmp_path):
+    PiT(**dict(TINY_PIT, classes=7)).save_weights(tmp_path / "other.weights.h5")
+    PiT(**dict(TINY_PIT, depth=(2,))).save_weights(tmp_path / "deeper.weights.h5")
+    model = PiT(**dict(TINY_PIT, depth=(2,)))
+    model.save(tmp_path / "good.keras")
+    model = PiT(**TINY_PIT)
+    before = snapshot(model)
+    for name in ("other.weights.h5", "deeper.weights.h5"):
+        with pytest.raises(ValueError, match="same configuration") as error:
+            keras_deepvit.weights.load_weights(model, tmp_path / name)
+        message = str(error.value)
+        assert len(message) < 1000 and "value=" not in message, message
+        assert_unchanged(model, before)
+    model.save_weights(tmp_path / "same.weights.h5")
+    for name in ("same.weights.h5", "good.keras"):
+        data = (tmp_path / name).read_bytes()
+        truncated = tmp_path / f"truncated_{name}"
+        truncated.write_bytes(data[: len(data) // 2])
+        with pytest.raises(ValueError, match="truncated or corrupt") as error:
+            keras_deepvit.weights.load_weights(model, truncated)
+        assert str(truncated) in str(error.value) and "not found" not in str(error.value)
+        assert_unchanged(model, before)
+
+
+def test_no_weights_message_cuts_the_keys():
+    content = {f"k{i}": i for i in range(200_000)}
+    with pytest.raises(ValueError, match=r"a dict of 200,000 keys: 'k0', .* \.\.\. and 199,990 more\.$") as error:
+        keras_deepvit.weights.extract_state_dict(content, source="big.pth")
+    assert len(str(error.value)) < 1000
+
+
+def test_values_doctests():
+    import doctest
+
+    from keras_deepvit.weights import values
+
+    assert doctest.testmod(values).failed == 0

@@ -1,5 +1,7 @@
 """What every family shares: keras.applications-style arguments, inputs and heads."""
 
+import numbers
+
 import keras
 from keras import ops
 
@@ -29,6 +31,80 @@ def validate_application_args(name, include_top, pooling, classes, classifier_ac
         raise ValueError(
             f"{name}: classifier_activation={classifier_activation!r} has no effect "
             "with include_top=False; leave it at its default."
+        )
+
+
+def _is_int(value):
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def positive_int(name, what, value):
+    """`value` as an int >= 1, or a ValueError showing the value received."""
+    if not _is_int(value) or value < 1:
+        raise ValueError(f"{name}: {what} must be an int >= 1, got {value!r}.")
+    return int(value)
+
+
+def positive_ints(name, what, values, allow_empty=False):
+    """A list of ints >= 1 (one per stage), or a ValueError showing the list received."""
+    try:
+        values = list(values)
+    except TypeError:
+        raise ValueError(f"{name}: {what} must be a list of ints >= 1, got {values!r}.") from None
+    if not values and not allow_empty:
+        raise ValueError(f"{name}: {what} must have at least one stage, got {values!r}.")
+    if any(not _is_int(v) or v < 1 for v in values):
+        raise ValueError(f"{name}: {what} must be ints >= 1, got {values!r}.")
+    return [int(v) for v in values]
+
+
+def positive_number(name, what, value):
+    """`value` as a number > 0 (e.g. `mlp_ratio`), or a ValueError showing it."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError(f"{name}: {what} must be a number > 0, got {value!r}.")
+    return value
+
+
+def validate_rates(name, **rates):
+    """Dropout and stochastic-depth rates must lie in [0, 1) (1 would drop everything)."""
+    for what, value in rates.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+            raise ValueError(f"{name}: {what} must be in [0, 1), got {value!r}.")
+
+
+def validate_heads(name, width, num_heads, what="embed_dim"):
+    """Attention splits the width into equal heads."""
+    if width % num_heads:
+        raise ValueError(
+            f"{name}: {what}={width} is not divisible by num_heads={num_heads}; each head "
+            "takes an equal share of the width."
+        )
+
+
+def validate_vit_args(
+    name, depth, embed_dim, num_heads, mlp_ratio, patch_size, **rates
+):
+    """DeepViT / Refiner-ViT architecture arguments, checked before anything is built."""
+    for what, value in (("depth", depth), ("embed_dim", embed_dim), ("num_heads", num_heads),
+                        ("patch_size", patch_size)):
+        positive_int(name, what, value)
+    positive_number(name, "mlp_ratio", mlp_ratio)
+    validate_heads(name, embed_dim, num_heads)
+    validate_rates(name, **rates)
+
+
+def validate_image(name, image_shape, include_preprocessing, patch_grid, patch_size):
+    """The image gives at least one patch, and preprocessing gets the RGB it normalises."""
+    if include_preprocessing and image_shape[-1] not in (3, None):
+        raise ValueError(
+            f"{name}: include_preprocessing=True normalises RGB images (3 channels, the "
+            f"official mean/std), got {image_shape[-1]} channels in input_shape {image_shape}. "
+            "Normalise the images yourself and pass include_preprocessing=False."
+        )
+    if any(cells is not None and cells < 1 for cells in patch_grid):
+        raise ValueError(
+            f"{name}: input_shape {image_shape} is smaller than one patch "
+            f"({patch_size}x{patch_size}); the patch grid would be {tuple(patch_grid)}."
         )
 
 
@@ -67,6 +143,20 @@ def image_input(name, input_shape, input_tensor, default_size):
             f"(position embeddings are sized to the patch grid), got {input_shape!r}."
         )
     return keras.Input(shape=shape, name="images"), shape
+
+
+def vit_patch_grid(name, stem, patch_size, image_shape):
+    """`(rows, cols)` of a DeepViT / Refiner-ViT stem's output, computed without building it.
+
+    "patch": one `patch_size` convolution with stride `patch_size`; "cnn": a 7x7/s2 conv
+    (padding 3) and 3x3 convs (padding 1), then a `patch_size // 2` projection.
+    """
+    if stem == "cnn":
+        projection = patch_size // 2
+        if projection < 1:
+            raise ValueError(f"{name}: stem='cnn' needs patch_size >= 2, got {patch_size!r}.")
+        return tuple(None if side is None else ((side - 1) // 2 + 1) // projection for side in image_shape[:2])
+    return tuple(None if side is None else side // patch_size for side in image_shape[:2])
 
 
 def preprocessing(include_preprocessing, mean_std, dtype=None):

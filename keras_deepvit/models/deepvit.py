@@ -95,9 +95,19 @@ class DeepViT(VisionTransformerFamily):
         name="deepvit",
         **kwargs,
     ):
+        self._check_kwargs(kwargs)
         common.validate_application_args(name, include_top, pooling, classes, classifier_activation)
+        common.validate_vit_args(
+            name, depth=depth, embed_dim=embed_dim, num_heads=num_heads, mlp_ratio=mlp_ratio,
+            patch_size=patch_size, dropout_rate=dropout_rate,
+            attention_dropout_rate=attention_dropout_rate, drop_path_rate=drop_path_rate,
+        )
         flags = common.per_block_flags(name, "re_attention", re_attention, depth)
         inputs, image_shape = common.image_input(name, input_shape, input_tensor, 224)
+        common.validate_image(
+            name, image_shape, include_preprocessing,
+            common.vit_patch_grid(name, stem, patch_size, image_shape), patch_size,
+        )
         dtype = kwargs.get("dtype")
 
         ns = SimpleNamespace()

@@ -82,10 +82,20 @@ class PiT(VisionTransformerFamily):
         name="pit",
         **kwargs,
     ):
+        self._check_kwargs(kwargs)
         common.validate_application_args(name, include_top, pooling, classes, classifier_activation)
-        depth = [int(d) for d in depth]
-        base_dims = common.validate_list(name, "base_dims", base_dims, len(depth))
-        heads = common.validate_list(name, "heads", heads, len(depth))
+        depth = common.positive_ints(name, "depth", depth)
+        base_dims = common.positive_ints(
+            name, "base_dims", common.validate_list(name, "base_dims", base_dims, len(depth))
+        )
+        heads = common.positive_ints(name, "heads", common.validate_list(name, "heads", heads, len(depth)))
+        common.positive_int(name, "patch_size", patch_size)
+        common.positive_int(name, "stride", stride)
+        common.positive_number(name, "mlp_ratio", mlp_ratio)
+        common.validate_rates(
+            name, dropout_rate=dropout_rate, attention_dropout_rate=attention_dropout_rate,
+            drop_path_rate=drop_path_rate,
+        )
         widths = [b * h for b, h in zip(base_dims, heads)]
         for s in range(1, len(widths)):
             if widths[s] % widths[s - 1]:
@@ -94,11 +104,11 @@ class PiT(VisionTransformerFamily):
                     "(the pooling is a depthwise convolution with a channel multiplier)."
                 )
         inputs, image_shape = common.image_input(name, input_shape, input_tensor, 224)
-        grid = [(image_shape[0] - patch_size) // stride + 1, (image_shape[1] - patch_size) // stride + 1]
-        if min(grid) < 1:
-            raise ValueError(
-                f"{name}: input_shape {image_shape} is smaller than one patch ({patch_size}x{patch_size})."
-            )
+        grid = [
+            None if side is None else (side - patch_size) // stride + 1 if side >= patch_size else 0
+            for side in image_shape[:2]
+        ]
+        common.validate_image(name, image_shape, include_preprocessing, grid, patch_size)
         dtype = kwargs.get("dtype")
         total = sum(depth)
 

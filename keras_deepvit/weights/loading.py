@@ -8,9 +8,13 @@ or none), then load it all-or-nothing with `load_torch_state_dict`.
 
 import logging
 import os
+import re
 import warnings
+import zipfile
 
+import h5py
 import keras
+import numpy as np
 
 from keras_deepvit.models.base import VisionTransformerFamily
 from keras_deepvit.weights.checkpoint import extract_state_dict, normalize_state_dict
@@ -21,6 +25,7 @@ from keras_deepvit.weights.resample import (
 )
 from keras_deepvit.weights.restricted_unpickler import placeholder_kind
 from keras_deepvit.weights.state_dict import keras_to_torch_state_dict, load_torch_state_dict
+from keras_deepvit.weights.values import as_array, cast_for, listing
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +68,25 @@ def _heads_to_skip(model, state_dict):
     return (), None
 
 
-def load_state_dict_into(model, state_dict, source="state dict", source_grid=None, describe=describe):
+def _numeric_arrays(state_dict, source):
+    """Every value as a numeric numpy array, before anything reads shapes; else one ValueError."""
+    arrays, bad = {}, []
+    for key, value in state_dict.items():
+        try:
+            arrays[key] = as_array(value, key)
+        except ValueError as error:
+            bad.append(str(error).rstrip("."))
+    if bad:
+        raise ValueError(
+            f"{source}: unusable values {listing(bad, shown=3)}; nothing was loaded. Weights must "
+            "be numeric tensors."
+        )
+    return arrays
+
+
+def load_state_dict_into(
+    model, state_dict, source="state dict", source_grid=None, describe=describe, allow_nonfinite=False
+):
     """Loads an official-layout state dict into `model`, adapting size and head.
 
     Position embeddings are resampled to the model's input size; when the model
@@ -80,15 +103,20 @@ def load_state_dict_into(model, state_dict, source="state dict", source_grid=Non
             patch grid, needed only to resample it.
         describe: state dict -> one line for the error message (the zoo's
             names the registered variant the checkpoint looks like).
+        allow_nonfinite: load NaN/Inf values instead of refusing them.
 
     Returns:
         The list of official keys loaded.
     """
-    state_dict = normalize_state_dict(state_dict)
+    try:
+        state_dict = normalize_state_dict(_numeric_arrays(state_dict, source))
+    except ValueError as error:
+        message = str(error)
+        raise ValueError(message if message.startswith(f"{source}:") else f"{source}: {message}") from None
     state_dict = _fit_position_embedding(model, state_dict, source_grid)
     skip, reason = _heads_to_skip(model, state_dict)
     try:
-        loaded = load_torch_state_dict(model, state_dict, skip=skip)
+        loaded = load_torch_state_dict(model, state_dict, skip=skip, allow_nonfinite=allow_nonfinite)
     except ValueError as error:
         raise ValueError(f"{source}: {error} {describe(state_dict)}") from None
     if reason:
@@ -144,14 +172,16 @@ def read_state_dict(path, prefer_ema=True):
     return normalize_state_dict(state_dict), description
 
 
-def load_checkpoint(model, path, prefer_ema=True, source_grid=None, describe=describe):
+def load_checkpoint(
+    model, path, prefer_ema=True, source_grid=None, describe=describe, allow_nonfinite=False
+):
     """Loads a PyTorch (`.pth`, `.pth.tar`, `.bin`, zip or legacy) or `.safetensors` file.
 
     Args:
         model: a `DeepViT`, `RefinerViT` or `PiT`.
         path: the checkpoint file (official, timm or train-script layout).
         prefer_ema: use EMA weights when the checkpoint has both.
-        source_grid, describe: see `load_state_dict_into`.
+        source_grid, describe, allow_nonfinite: see `load_state_dict_into`.
 
     Returns:
         A description of what was loaded (format and container).
@@ -168,31 +198,112 @@ def load_checkpoint(model, path, prefer_ema=True, source_grid=None, describe=des
     (None, 1000)
     """
     state_dict, description = read_state_dict(path, prefer_ema)
-    load_state_dict_into(model, state_dict, source=path, source_grid=source_grid, describe=describe)
+    load_state_dict_into(
+        model, state_dict, source=path, source_grid=source_grid, describe=describe,
+        allow_nonfinite=allow_nonfinite,
+    )
     return description
 
 
-def _load_keras_file(model, path, describe):
-    if path.endswith(".keras"):
-        saved = keras.saving.load_model(path, compile=False)
-        if not isinstance(saved, VisionTransformerFamily):
-            raise ValueError(f"{path}: not a keras_deepvit model ({type(saved).__name__}).")
-        load_state_dict_into(model, keras_to_torch_state_dict(saved), source=path, describe=describe)
-        return
-    before = model.get_weights()
+def _short(error, limit=400):
+    """Keras' loading error without the variable values it prints, on one line, cut to `limit`."""
+    text = re.sub(r", value=[\s\S]*?\]>", ">", str(error))
+    text = re.sub(r", value=[^<>\[]*>", ">", text)
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _snapshot(model):
+    # Copies: on the PyTorch backend a CPU variable's numpy view shares its memory.
+    return [np.array(keras.ops.convert_to_numpy(v), copy=True) for v in model.variables]
+
+
+def _restore(model, values):
+    for variable, value in zip(model.variables, values):
+        variable.assign(value)
+
+
+def _check_h5_arrays(path, allow_nonfinite):
+    """Reads every array of a `.weights.h5` file and checks it before Keras assigns any."""
+    bad, unreadable, names = [], [], []
+
+    def visit(name, item):
+        if isinstance(item, h5py.Dataset):
+            names.append(name)
+            try:
+                array = as_array(item[()], name)
+                cast_for(array, name, array.dtype, allow_nonfinite)
+            except ValueError as error:
+                bad.append(str(error).rstrip("."))
+            except OSError as error:
+                unreadable.append(f"{name} ({error})")
+
     try:
-        model.load_weights(path)
-    except Exception as error:  # noqa: BLE001 - Keras raises assorted types for a misfit file
-        model.set_weights(before)  # Keras may have assigned some layers before failing
+        with h5py.File(path, "r") as handle:
+            handle.visititems(visit)
+    except OSError as error:
+        unreadable.append(str(error))
+    if unreadable:
         raise ValueError(
-            f"{path}: could not load these Keras weights into {model.name!r} ({error}). A "
-            ".weights.h5 file only fits a model of the same configuration (input size, "
-            "classes, include_top); to adapt, save the full model as .keras or use a "
-            "PyTorch/safetensors checkpoint."
+            f"{path}: not a readable .weights.h5 file, truncated or corrupt? ({_short(unreadable[0])}). "
+            "Nothing was loaded; save the weights again."
+        )
+    if bad:
+        raise ValueError(f"{path}: unusable values {listing(bad, shown=3)}; nothing was loaded.")
+    return names
+
+
+def _load_h5(model, path, allow_nonfinite):
+    arrays = _check_h5_arrays(path, allow_nonfinite)
+    before = _snapshot(model)
+    try:
+        # Keras loads what it finds and ignores the rest: a file of a deeper model would load.
+        if len(arrays) != len(model.weights):
+            raise ValueError(f"the file holds {len(arrays)} arrays, the model has {len(model.weights)} weights")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model.load_weights(path)
+        # Keras skips sublayer containers it does not find with a warning, keeping their
+        # fresh initialisation: a half-loaded model, refused like any other misfit.
+        skipped = [w for w in caught if "Skipping" in str(w.message) or "fresh" in str(w.message)]
+        if skipped:
+            raise ValueError(str(skipped[0].message))
+        for w in caught:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    except Exception as error:  # noqa: BLE001 - Keras raises assorted types for a misfit file
+        _restore(model, before)  # Keras may have assigned some layers before failing
+        raise ValueError(
+            f"{path}: could not load these Keras weights into {model.name!r}; nothing was loaded "
+            f"({_short(error)}). A .weights.h5 file only fits a model of the same configuration "
+            "(input size, classes, include_top); to adapt, save the full model as .keras or use "
+            "a PyTorch/safetensors checkpoint."
         ) from None
 
 
-def load_weights(model, weights, prefer_ema=True, describe=describe):
+def _load_keras_file(model, path, describe, allow_nonfinite=False):
+    if not path.endswith(".keras"):
+        _load_h5(model, path, allow_nonfinite)
+        return
+    if not zipfile.is_zipfile(path):
+        raise ValueError(
+            f"{path}: not a readable .keras file (a .keras file is a zip archive; this one is "
+            "truncated or corrupt). Nothing was loaded; save the model again."
+        )
+    try:
+        saved = keras.saving.load_model(path, compile=False)
+    except Exception as error:  # noqa: BLE001 - Keras raises assorted types (and "File not found")
+        raise ValueError(
+            f"{path}: could not read this .keras file ({_short(error)}); nothing was loaded."
+        ) from None
+    if not isinstance(saved, VisionTransformerFamily):
+        raise ValueError(f"{path}: not a keras_deepvit model ({type(saved).__name__}).")
+    load_state_dict_into(
+        model, keras_to_torch_state_dict(saved), source=path, describe=describe,
+        allow_nonfinite=allow_nonfinite,
+    )
+
+
+def load_weights(model, weights, prefer_ema=True, describe=describe, allow_nonfinite=False):
     """Loads a weights file into a built model (any family).
 
     Args:
@@ -204,6 +315,11 @@ def load_weights(model, weights, prefer_ema=True, describe=describe):
             `keras_deepvit.create_model(name, weights="imagenet")`.
         prefer_ema: for checkpoints with both raw and EMA weights.
         describe: see `load_state_dict_into`.
+        allow_nonfinite: load NaN/Inf values instead of refusing them.
+
+    Every value is checked (numeric, castable, finite) before the first
+    variable is assigned; on any failure, a ValueError naming the file, and
+    every variable is as before.
 
     Returns:
         The model.
@@ -224,7 +340,7 @@ def load_weights(model, weights, prefer_ema=True, describe=describe):
     if not os.path.isfile(path):
         raise ValueError(f"weights file not found: {path!r}.")
     if path.endswith(KERAS_SUFFIXES):
-        _load_keras_file(model, path, describe)
+        _load_keras_file(model, path, describe, allow_nonfinite)
     else:
-        load_checkpoint(model, path, prefer_ema=prefer_ema, describe=describe)
+        load_checkpoint(model, path, prefer_ema=prefer_ema, describe=describe, allow_nonfinite=allow_nonfinite)
     return model

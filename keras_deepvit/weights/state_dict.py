@@ -7,8 +7,6 @@ from keras_deepvit.weights.checkpoint import normalize_state_dict
 from keras_deepvit.weights.torch_layout import IGNORED_SUFFIXES, torch_layout
 from keras_deepvit.weights.values import SHOWN, cast_for, listing
 
-_SHOWN = 8
-
 #: Kept for backward compatibility: `normalize_state_dict` under its first name.
 normalize_keys = normalize_state_dict
 
@@ -27,13 +25,6 @@ def _as_numpy(value, key):
             f"State dict entry {key!r} is a {type(value).__name__} holding {array.dtype} values, not a tensor"
         )
     return array
-
-
-def _listing(items):
-    items = list(items)
-    shown = ", ".join(items[:_SHOWN])
-    more = f" (+{len(items) - _SHOWN} more)" if len(items) > _SHOWN else ""
-    return f"{len(items)}: {shown}{more}"
 
 
 def _torch_shape(convert, shape):
@@ -123,6 +114,11 @@ def load_torch_state_dict(model, state_dict, skip=(), allow_nonfinite=False):
             assignments.append((key, variable, cast_for(converted, key, variable.dtype, allow_nonfinite)))
         except ValueError as error:
             bad_values.append(str(error).rstrip("."))
+    if bad_values and not (missing or unexpected or mismatched):
+        raise ValueError(
+            f"Model '{model.name}': nothing was loaded; unusable values "
+            + listing(bad_values, shown=3) + "."
+        )
     if missing or unexpected or mismatched or bad_values:
         problems = []
         if bad_values:

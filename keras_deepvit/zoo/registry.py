@@ -1,6 +1,7 @@
 """`create_model`, `list_models` and `variant_info` over the variant records."""
 
 import difflib
+import inspect
 
 from keras_deepvit.zoo.records import RECORDS
 from keras_deepvit.zoo.weights import load_variant_weights
@@ -33,13 +34,33 @@ def variant_info(name):
     >>> keras_deepvit.variant_info("pit_s").crop_pct
     0.9
     """
-    if not isinstance(name, str) or name not in RECORDS:
-        close = difflib.get_close_matches(str(name), RECORDS, n=3, cutoff=0.5)
+    if not isinstance(name, str):
+        raise TypeError(
+            f"The model name must be a str such as 'pit_ti', got {type(name).__name__} {name!r}. "
+            "See keras_deepvit.list_models() for all names."
+        )
+    if name not in RECORDS:
+        close = difflib.get_close_matches(name, RECORDS, n=3, cutoff=0.5)
         hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
         raise ValueError(
             f"Unknown model {name!r}.{hint} See keras_deepvit.list_models() for all names."
         )
     return RECORDS[name]
+
+
+def _check_keywords(record, kwargs):
+    """A typo is a TypeError naming the closest argument, before anything is built."""
+    family = record.family
+    valid = [p for p in inspect.signature(family.__init__).parameters if p not in ("self", "kwargs")]
+    valid += list(family.MODEL_KWARGS) + ["weights"]
+    unknown = sorted(k for k in kwargs if k not in valid)
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], valid, n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]!r}?" if close else "."
+        raise TypeError(
+            f"create_model({record.name!r}) got an unexpected keyword argument {unknown[0]!r}{hint} "
+            f"{family.__name__} takes: {', '.join(valid)}."
+        )
 
 
 def create_model(name, /, weights=None, input_shape=None, **kwargs):
@@ -73,6 +94,7 @@ def create_model(name, /, weights=None, input_shape=None, **kwargs):
     (None, 10)
     """
     record = variant_info(name)
+    _check_keywords(record, kwargs)
     arch = dict(record.arch)
     arch.update(kwargs)
     arch.setdefault("name", name)
