@@ -1,6 +1,9 @@
 """The base class of the three family models: config = constructor arguments,
 live access to every block's attention maps, and the family's checkpoint layout."""
 
+import difflib
+import inspect
+
 import keras
 
 
@@ -25,14 +28,32 @@ class VisionTransformerFamily(keras.Model):
 
     CLASSIFIER_KEYS = ("head",)
     POSITION_EMBEDDING = "tokens"
+    #: `keras.Model` arguments a family passes on (the ones its saved config holds).
+    MODEL_KWARGS = ("dtype", "trainable")
 
-    def _finish_init(self, inputs, layers, config, name, **kwargs):
+    def _check_kwargs(self, kwargs):
+        """Unknown keywords are typos: a TypeError naming the closest argument, not a silent default."""
         if "weights" in kwargs:
             raise TypeError(
                 f"{type(self).__name__} builds an architecture and takes no weights= argument; use "
                 "keras_deepvit.create_model(name, weights=...) or a named constructor, or "
                 "keras_deepvit.weights.load_weights(model, path) on the built model."
             )
+        unknown = sorted(k for k in kwargs if k not in self.MODEL_KWARGS)
+        if not unknown:
+            return
+        valid = [p for p in inspect.signature(type(self).__init__).parameters if p not in ("self", "kwargs")]
+        valid += list(self.MODEL_KWARGS)
+        close = difflib.get_close_matches(unknown[0], valid, n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]!r}?" if close else "."
+        raise TypeError(
+            f"{type(self).__name__} got an unexpected keyword argument {unknown[0]!r}{hint} "
+            + (f"(Also unknown: {', '.join(map(repr, unknown[1:]))}.) " if len(unknown) > 1 else "")
+            + f"Its arguments: {', '.join(valid)}."
+        )
+
+    def _finish_init(self, inputs, layers, config, name, **kwargs):
+        self._check_kwargs(kwargs)
         # The maps are traced first: Keras fixes the number of outputs of a layer's node
         # from its first call, and the blocks return (x, maps) only in this trace. Both
         # graphs share every layer, so `attention_model()` reads the live variables.
@@ -87,7 +108,8 @@ class VisionTransformerFamily(keras.Model):
         >>> len(maps), tuple(maps[0].shape)
         (16, (1, 12, 5, 5))
         """
-        return keras.Model(self._model_input, self._attention_outputs, name=f"{self.name}_attention")
+        # A plain list: the attribute is a TrackedList, which predict on JAX refuses as an output.
+        return keras.Model(self._model_input, list(self._attention_outputs), name=f"{self.name}_attention")
 
     def get_config(self):
         config = dict(self._arch_config)
