@@ -3,7 +3,7 @@
 from keras_deepvit.benchmark.flops import TRAIN_FLOPS_FACTOR
 
 COLUMNS = (
-    "model", "batch", "backend", "mode", "Keras img/s", "Keras variants", "torch eager",
+    "model", "batch", "image", "backend", "mode", "Keras img/s", "Keras variants", "torch eager",
     "torch SDPA", "torch.compile", "Keras / best torch", "Keras % GEMM peak",
     "best torch % GEMM peak", "Keras peak MB", "torch peak MB",
 )
@@ -56,7 +56,8 @@ def summarize(result, gemm_peak_gflops):
     if best_torch is not None:
         best_torch_label = next(f"torch-{v}" for v, s in torch_speeds.items() if s == best_torch)
     return {
-        "model": spec["model"], "batch": spec["batch"], "backend": result["backend"],
+        "model": spec["model"], "batch": spec["batch"], "image": spec.get("image_size"),
+        "backend": result["backend"],
         "mode": spec["mode"], "Keras img/s": keras_speed,
         "Keras variants": " / ".join(f"{k} {v:.1f}" for k, v in keras_speeds.items()) or "-",
         "torch eager": torch_speeds["eager"], "torch SDPA": torch_speeds["sdpa"],
@@ -75,9 +76,9 @@ def format_table(rows):
 
     Example:
     >>> row = dict.fromkeys(COLUMNS)
-    >>> row.update(model="pit_s", batch=8, backend="jax", mode="infer", **{"Keras img/s": 20.0})
-    >>> print(format_table([row]).splitlines()[2][:40])
-    | pit_s | 8 | jax | infer | 20.0 | - | -
+    >>> row.update(model="pit_s", batch=8, image=224, backend="jax", mode="infer", **{"Keras img/s": 20.0})
+    >>> print(format_table([row]).splitlines()[2][:46])
+    | pit_s | 8 | 224 | jax | infer | 20.0 | - | -
     """
     digits = {"Keras / best torch": 2}
     lines = [
@@ -91,7 +92,7 @@ def format_table(rows):
             value = row.get(column)
             if column == "Keras / best torch" and value is not None:
                 cells.append(f"{value:.2f}x")
-            elif column in ("batch",):
+            elif column in ("batch", "image"):
                 cells.append(str(value))
             else:
                 cells.append(_fmt(value, digits.get(column, 1)))

@@ -199,13 +199,16 @@ class TransformerBlock(keras.layers.Layer):
     def call(self, inputs, return_attention_scores=False, training=None, query_tokens=None):
         if self.rematerializes(training, return_attention_scores):
             return rematerialized_call(
-                self, lambda x: self.forward(x, training=training, query_tokens=query_tokens), inputs
+                self, lambda x: self.block_outputs(x, training=training, query_tokens=query_tokens), inputs
             )
-        return self.forward(
+        return self.block_outputs(
             inputs, return_attention_scores, training=training, query_tokens=query_tokens
         )
 
-    def forward(self, inputs, return_attention_scores=False, training=None, query_tokens=None):
+    def block_outputs(self, inputs, return_attention_scores=False, training=None, query_tokens=None):
+        # Not named `forward`: on the PyTorch backend a Keras layer is a `torch.nn.Module`,
+        # whose `__call__` runs `forward` directly, so a `forward` here bypassed `call`
+        # (and with it the rematerialisation) there.
         result = self.attn(
             self.norm1(self.scaled(inputs)),
             return_attention_scores=return_attention_scores, training=training,
@@ -333,11 +336,11 @@ class RefinerBlock(TransformerBlock):
             # The first block has no previous maps: only tensors go through the recomputation.
             tensors = (inputs,) if previous_attention is None else (inputs, previous_attention)
             return rematerialized_call(
-                self, lambda x, *p: self.forward(x, *(p or (None,)), training=training), *tensors
+                self, lambda x, *p: self.block_outputs(x, *(p or (None,)), training=training), *tensors
             )
-        return self.forward(inputs, previous_attention, return_attention_scores, training=training)
+        return self.block_outputs(inputs, previous_attention, return_attention_scores, training=training)
 
-    def forward(self, inputs, previous_attention=None, return_attention_scores=False, training=None):
+    def block_outputs(self, inputs, previous_attention=None, return_attention_scores=False, training=None):
         result = self.attn(
             self.norm1(self.scaled(inputs)), previous_attention=previous_attention,
             return_attention_scores=return_attention_scores, training=training,
