@@ -1,10 +1,13 @@
-"""Print the README's model and pretrained-weights tables (markdown) from the variant records.
+"""Print the model and pretrained-weights tables (markdown) from the variant records.
 
-    python tools/make_model_table.py                   # print the table
-    python tools/make_model_table.py --update README.md  # rewrite it in place
+    python tools/make_model_table.py                                    # print them
+    python tools/make_model_table.py --update README.md docs/weights.md  # rewrite in place
 
-The README keeps the table between `<!-- model-table:start -->` and
-`<!-- model-table:end -->`; `--update` replaces what lies between them.
+The README keeps the model table between `<!-- model-table:start -->` and
+`<!-- model-table:end -->`, docs/weights.md the weights table between
+`<!-- weights-table:start -->` and `<!-- weights-table:end -->`; `--update`
+replaces what lies between each pair of markers a file holds (a file must hold
+at least one pair).
 
 Variants without a constructor of their own (the ViT baselines, the Refiner-ViT
 384/448 resolutions) are listed as the constructor call that builds them,
@@ -83,9 +86,7 @@ def weights_table():
     return "\n".join(lines)
 
 
-def replace_between(text, start, end, table, path):
-    if start not in text or end not in text:
-        raise SystemExit(f"{path}: markers {start} / {end} not found.")
+def replace_between(text, start, end, table):
     head, rest = text.split(start, 1)
     _, tail = rest.split(end, 1)
     return f"{head}{start}\n{table}\n{end}{tail}"
@@ -93,18 +94,23 @@ def replace_between(text, start, end, table, path):
 
 def update(path, table):
     text = Path(path).read_text()
-    text = replace_between(text, START, END, table, path)
-    text = replace_between(text, WEIGHTS_START, WEIGHTS_END, weights_table(), path)
+    tables = [(START, END, lambda: table), (WEIGHTS_START, WEIGHTS_END, weights_table)]
+    present = [(start, end, make) for start, end, make in tables if start in text and end in text]
+    if not present:
+        raise SystemExit(f"{path}: no table markers ({START} or {WEIGHTS_START}) found.")
+    for start, end, make in present:
+        text = replace_between(text, start, end, make())
     Path(path).write_text(text)
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--update", metavar="README", help="rewrite the table in this file")
+    parser.add_argument("--update", metavar="FILE", nargs="+", help="rewrite the tables in these files")
     args = parser.parse_args(argv)
     table = model_table()
     if args.update:
-        update(args.update, table)
+        for path in args.update:
+            update(path, table)
     else:
         print(table)
         print()
