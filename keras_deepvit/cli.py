@@ -6,6 +6,9 @@ Usage:
     keras-deepvit convert CHECKPOINT --model NAME -o OUT.weights.h5
     KERAS_BACKEND=jax keras-deepvit demo [--model pit_ti] [--image-size 224]
     keras-deepvit benchmark [--models pit_s,deepvit_s,refiner_s] [--backends jax,tensorflow,torch]
+    keras-deepvit analyze --model NAME [--weights imagenet|PATH|MODEL.keras] --images DIR --out DIR
+    keras-deepvit predict IMAGE... --model NAME [--weights imagenet|PATH] [--top 5] [--json]
+    keras-deepvit export MODEL_OR_FILE -o PATH [--format tf_saved_model|onnx|litert] [--weights imagenet|PATH|none]
 
 The backend is whatever Keras picks (`KERAS_BACKEND`, then `~/.keras/keras.json`);
 the command changes no global setting besides seeding the demo's random weights.
@@ -134,6 +137,136 @@ def _benchmark(args):
     return runner.run(args)
 
 
+def _positive_int(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive int, got {value}")
+    return value
+
+
+def _predict(args):
+    import json
+    import sys
+
+    from keras_deepvit import predict
+
+    model = predict.load_classifier(args.model, args.weights)
+    results = predict.predict_files(args.images, model, args.model, top=args.top, batch_size=args.batch_size)
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        out, err = predict.format_results(results)
+        print("\n".join(out))
+        if err:
+            print("\n".join(err), file=sys.stderr)
+    # 1 when any image failed; usage errors (bad --model/--weights) exit 2 in `main`.
+    return 1 if any("error" in result for result in results) else 0
+
+
+def _add_predict(commands):
+    predict = commands.add_parser(
+        "predict", help="top-k ImageNet classes of image files (timm's eval resize and crop per model)"
+    )
+    predict.add_argument("images", nargs="+", metavar="IMAGE", help="image files (any format Pillow reads)")
+    predict.add_argument("--model", required=True, choices=list_models(), metavar="NAME",
+                         help="a name from `keras-deepvit list`")
+    predict.add_argument("--weights", default="imagenet", metavar="imagenet|PATH",
+                         help="'imagenet' (default; downloaded once) or a checkpoint/.keras/.weights.h5 path")
+    predict.add_argument("--top", type=_positive_int, default=5, help="classes per image (default: 5)")
+    predict.add_argument("--batch-size", type=_positive_int, default=32, help="images per batch (default: 32)")
+    predict.add_argument("--json", action="store_true",
+                         help="print one JSON list of {image, predictions, note?, error?}")
+    predict.set_defaults(run=_predict)
+
+
+def _analyze(args):
+    import json
+    import logging
+
+    import keras
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from keras_deepvit.analysis import report
+    from keras_deepvit.zoo.registry import create_model
+
+    if args.weights and str(args.weights).endswith(".keras"):
+        model = keras.saving.load_model(args.weights, compile=False)
+    elif args.model is None:
+        raise ValueError("analyze needs --model NAME, or --weights MODEL.keras (a saved model).")
+    else:
+        shape = (args.image_size, args.image_size, 3) if args.image_size else None
+        model = create_model(args.model, weights=args.weights, input_shape=shape)
+    images, names = report.load_images(args.images, report.model_input_size(model), limit=args.max_images)
+    summary, written = report.write_report(
+        model, images, args.out, threshold=args.threshold, image_names=names,
+        plots=not args.no_plots, batch_size=args.batch_size,
+    )
+    print(json.dumps({k: summary[k] for k in ("model", "images", "similar_blocks", "threshold")}))
+    print("\n".join(written))
+    return 0
+
+
+def _add_analyze(commands):
+    analyze = commands.add_parser(
+        "analyze", help="attention-collapse metrics and plots of a model on a folder of images"
+    )
+    analyze.add_argument("--model", default=None, choices=list_models(), metavar="NAME",
+                         help="a name from `keras-deepvit list` (optional with --weights MODEL.keras)")
+    analyze.add_argument("--weights", default=None, metavar="imagenet|PATH|MODEL.keras",
+                         help="default: random weights; a .keras file is loaded as the whole model")
+    analyze.add_argument("--images", required=True, metavar="DIR", help="folder of image files")
+    analyze.add_argument("--out", default="analysis-report", metavar="DIR",
+                         help="output folder (default: ./analysis-report)")
+    analyze.add_argument("--image-size", type=int, default=None, metavar="INT",
+                         help="build --model NAME at this square input size")
+    analyze.add_argument("--threshold", type=float, default=0.9,
+                         help="similarity above which adjacent blocks count as similar (default: 0.9)")
+    analyze.add_argument("--max-images", type=_positive_int, default=32, help="default: 32")
+    analyze.add_argument("--batch-size", type=_positive_int, default=16, help="default: 16")
+    analyze.add_argument("--no-plots", action="store_true", help="write metrics.json only (no matplotlib)")
+    analyze.set_defaults(run=_analyze)
+
+
+def _export(args):
+    from keras_deepvit.export import check_supported, export
+
+    check_supported(args.format)  # before building or loading the model
+    if args.model.endswith(".keras"):
+        import keras
+
+        model = keras.saving.load_model(args.model)
+    elif args.model in list_models():
+        from keras_deepvit.zoo import create_model
+
+        weights = None if args.weights == "none" else args.weights
+        model = create_model(args.model, weights=weights)
+    else:
+        raise ValueError(
+            f"MODEL_OR_FILE must be a name from `keras-deepvit list` or a .keras file; got {args.model!r}."
+        )
+    export(model, args.output, format=args.format, input_dtype=args.input_dtype)
+    print(f"wrote {args.format} to {args.output}")
+    return 0
+
+
+def _add_export(commands):
+    from keras_deepvit.export import FORMATS, INPUT_DTYPES
+
+    export = commands.add_parser(
+        "export", help="write a float32 inference artifact (SavedModel, ONNX, LiteRT) taking RGB 0-255"
+    )
+    export.add_argument("model", metavar="MODEL_OR_FILE", help="a name from `keras-deepvit list`, or a .keras file")
+    export.add_argument("-o", "--output", required=True,
+                        help="output: a directory (tf_saved_model) or a .onnx / .tflite file")
+    export.add_argument("--format", default="tf_saved_model", choices=FORMATS,
+                        help="tf_saved_model (TensorFlow, JAX), onnx (TensorFlow, JAX), litert (TensorFlow)")
+    export.add_argument("--weights", default="imagenet", metavar="imagenet|PATH|none",
+                        help="with a zoo name: 'imagenet' (default), a checkpoint path, or 'none' (random)")
+    export.add_argument("--input-dtype", default="float32", choices=INPUT_DTYPES,
+                        help="input of ONNX/LiteRT artifacts (a SavedModel has both endpoints)")
+    export.set_defaults(run=_export)
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="keras-deepvit",
@@ -177,6 +310,9 @@ def build_parser():
         "--no-ema", action="store_true", help="use the raw weights of a checkpoint that also has EMA ones"
     )
     convert.set_defaults(run=_convert)
+    _add_predict(commands)
+    _add_analyze(commands)
+    _add_export(commands)
 
     from keras_deepvit.benchmark.runner import add_arguments
 

@@ -86,6 +86,11 @@ def add_arguments(parser):
         "--remat", action="store_true",
         help="build the Keras models with rematerialize_blocks=True (training memory)",
     )
+    parser.add_argument(
+        "--exported", action="store_true",
+        help="also time the exported inference artifacts (SavedModel by TensorFlow, ONNX by "
+        "onnxruntime; written on the TensorFlow backend: keras_deepvit.benchmark.exported_side)",
+    )
     parser.add_argument("--json", default=None, metavar="OUT", help="write all results here")
     parser.add_argument(
         "--in-process", action="store_true",
@@ -94,17 +99,52 @@ def add_arguments(parser):
     return parser
 
 
+#: CPU features that decide which kernels the frameworks' CPU code uses (oneDNN,
+#: XLA:CPU): a result measured on an AVX2 EPYC says little about an AVX-512/AMX Xeon.
+CPU_FLAGS = ("avx512f", "avx512_bf16", "amx_bf16", "avx2", "fma")
+
+
+def cpu_flags(cpuinfo_text):
+    """`{flag: present}` for `CPU_FLAGS`, from the text of /proc/cpuinfo.
+
+    Example:
+    >>> cpu_flags("flags : fpu avx2 fma")["avx2"], cpu_flags("flags : fpu avx2 fma")["avx512f"]
+    (True, False)
+    """
+    present = set()
+    for line in cpuinfo_text.splitlines():
+        if line.startswith("flags"):
+            present.update(line.split(":", 1)[1].split())
+    return {flag: flag in present for flag in CPU_FLAGS}
+
+
+def machine_header(machine, image_size=None):
+    """The line above a results table: CPU model, its `CPU_FLAGS` (+ present, - absent), input size.
+
+    Example:
+    >>> machine_header({"cpu": "EPYC", "cores": 2, "cpu_flags": {"avx2": True, "avx512f": False}}, 448)
+    'CPU: EPYC, 2 cores; flags +avx2 -avx512f; image size 448'
+    """
+    flags = machine.get("cpu_flags")
+    flag_text = " ".join(("+" if on else "-") + name for name, on in flags.items()) if flags else "unknown"
+    size = f"{image_size}" if image_size else "each model's own"
+    return f"CPU: {machine['cpu']}, {machine['cores']} cores; flags {flag_text}; image size {size}"
+
+
 def machine_info():
-    """CPU model, core count, Python and library versions (no framework import)."""
+    """CPU model and flags, core count, Python and library versions (no framework import)."""
     from importlib import metadata
 
     cpu = platform.processor() or platform.machine()
+    flags = None
     try:
         with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
+            text = f.read()
+        flags = cpu_flags(text)
+        for line in text.splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
     except OSError:
         pass
     versions = {}
@@ -114,19 +154,19 @@ def machine_info():
         except metadata.PackageNotFoundError:
             pass
     return {
-        "cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(),
+        "cpu": cpu, "cpu_flags": flags, "cores": os.cpu_count(), "platform": platform.platform(),
         "python": platform.python_version(), "versions": versions,
     }
 
 
-def _run_subprocess(spec, backend):
+def _run_subprocess(spec, backend, module="keras_deepvit.benchmark.worker"):
     with tempfile.TemporaryDirectory(prefix="keras_deepvit_bench_") as tmp:
         spec_path, out_path = os.path.join(tmp, "spec.json"), os.path.join(tmp, "out.json")
         with open(spec_path, "w") as f:
             json.dump(spec, f)
         env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
         process = subprocess.run(
-            [sys.executable, "-m", "keras_deepvit.benchmark.worker", spec_path, out_path],
+            [sys.executable, "-m", module, spec_path, out_path],
             env=env, capture_output=True, text=True,
         )
         if process.returncode != 0 or not os.path.exists(out_path):
@@ -140,11 +180,13 @@ def run_benchmark(
     models=DEFAULT_MODELS, backends=None, batch_sizes=(8,), image_size=None, repeats=5,
     warmup=2, modes=("infer", "train"), keras_variants=None, torch_variants=("eager", "sdpa", "compile"),
     memory=True, dtype="float32", model_kwargs=None, in_process=False, log=print, gemm_size=2048,
+    exported=False,
 ):
     """Runs every job; returns `{"machine", "gemm_peak", "results", "rows"}`.
 
     `rows` are `table.summarize` dicts, `results` the workers' raw results;
-    `gemm_size` is the matrix size of the GEMM-peak measurement.
+    `gemm_size` is the matrix size of the GEMM-peak measurement; `exported`
+    adds the exported contestants (`exported_side`) to the inference results.
     """
     from keras_deepvit.benchmark.peak import gemm_peak
     from keras_deepvit.zoo.records import RECORDS
@@ -223,6 +265,18 @@ def run_benchmark(
                     log(f"  {name} b{batch} {mode} {backend}: Keras {row['Keras variants']}; "
                         f"torch eager {_short(row['torch eager'])}, sdpa {_short(row['torch SDPA'])}, "
                         f"compile {_short(row['torch.compile'])} ({result['wall_s']:.0f} s)")
+            if exported and "infer" in modes:
+                from keras_deepvit.benchmark import exported_side
+
+                spec = dict(model=name, image_size=size, batch=batch, repeats=repeats,
+                            warmup=warmup, model_kwargs=model_kwargs or None, seed=0)
+                try:
+                    out = _run_subprocess(spec, "tensorflow", "keras_deepvit.benchmark.exported_side")
+                except RuntimeError as error:
+                    out = {"contestants": {}, "rel_l2_vs_keras": {},
+                           "errors": {"exported": str(error)[-300:]}}
+                exported_side.attach(results[-len(block):], out)
+                log(f"  {name} b{batch} infer {exported_side.describe(out)}")
             log("")
             log(format_table(block))
             log("")
@@ -263,11 +317,13 @@ def run(args):
         keras_variants=_csv(args.keras_variants) if args.keras_variants else None,
         torch_variants=torch_variants, memory=args.memory and not args.in_process, dtype=dtype,
         model_kwargs={"rematerialize_blocks": True} if args.remat else None,
-        in_process=args.in_process,
+        in_process=args.in_process, exported=args.exported,
     )
     machine = report["machine"]
     print(f"## Results ({dtype}; {machine['cpu']}, {machine['cores']} cores; "
           + ", ".join(f"{k} {v}" for k, v in machine["versions"].items()) + ")")
+    print()
+    print(machine_header(machine, args.image_size))
     print()
     print(format_table(report["rows"]))
     print()

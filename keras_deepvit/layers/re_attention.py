@@ -1,6 +1,7 @@
 """DeepViT's re-attention: mix the heads' attention maps with a learned H x H matrix."""
 
 import keras
+import numpy as np
 from keras import ops
 
 from keras_deepvit.layers.attention import MultiHeadSelfAttention
@@ -29,6 +30,10 @@ class ReAttention(MultiHeadSelfAttention):
         num_heads: int, number of heads.
         apply_transform: bool, whether to re-attend (mix heads + BatchNorm).
         transform_scale: bool, multiply the mixed maps by `head_dim**-0.5`.
+        folded: bool, the inference form written by `fold_batch_norm()`: the
+            BatchNorm and the scale live in `reatten_kernel` and `reatten_bias`,
+            and every call mixes with them alone (`var_norm` keeps identity
+            statistics, so the same weights give the same maps unfolded).
         qkv_bias, attention_dropout, proj_dropout, initializer: as
             `MultiHeadSelfAttention` (`initializer` sets `qkv` and `proj`; the
             mixing matrix is a convolution, which the official code leaves at
@@ -50,10 +55,13 @@ class ReAttention(MultiHeadSelfAttention):
     (2, 4, 5, 5)
     """
 
-    def __init__(self, num_heads, apply_transform=True, transform_scale=False, **kwargs):
+    def __init__(
+        self, num_heads, apply_transform=True, transform_scale=False, folded=False, **kwargs
+    ):
         super().__init__(num_heads, **kwargs)
         self.apply_transform = apply_transform
         self.transform_scale = transform_scale
+        self.folded = folded
         self.transforms_attention = apply_transform
 
     def build_attention_transform(self):
@@ -74,6 +82,8 @@ class ReAttention(MultiHeadSelfAttention):
     def transform_attention(self, attention, training=None):
         if not self.apply_transform:
             return attention
+        if self.folded:
+            return self.mix_heads(attention, self.reatten_kernel, self.reatten_bias)
         if batch_norm_uses_batch_statistics(self.var_norm, training):
             mixed = self.mix_heads(attention, self.reatten_kernel, self.reatten_bias)
             mixed = self.var_norm(mixed, training=training)
@@ -88,7 +98,48 @@ class ReAttention(MultiHeadSelfAttention):
 
     def transform_needs_all_queries(self, training=None):
         # Training BatchNorm normalises with statistics over every row of the maps.
-        return self.apply_transform and batch_norm_uses_batch_statistics(self.var_norm, training)
+        return (
+            self.apply_transform
+            and not self.folded
+            and batch_norm_uses_batch_statistics(self.var_norm, training)
+        )
+
+    def fold_batch_norm(self):
+        """Writes the inference re-attention into the mixing weights and sets `folded`.
+
+        Afterwards `reatten_kernel` and `reatten_bias` hold `folded_mix()` (BatchNorm
+        on moving statistics and the optional scale), `var_norm` holds identity
+        statistics (with `transform_scale`, gamma `1 / scale`, which cancels the scale
+        an unfolded rebuild applies), and calls no longer normalise: the exported
+        graph mixes the maps with one batched matmul and a bias. Exact to float32
+        rounding.
+        Inference only: a folded layer trains as a plain affine mix.
+
+        Example:
+        >>> import numpy as np
+        >>> layer = ReAttention(num_heads=2)
+        >>> maps = np.random.rand(1, 2, 3, 3).astype("float32")
+        >>> layer.build((None, 3, 4))
+        >>> before = keras.ops.convert_to_numpy(layer.transform_attention(maps))
+        >>> layer.fold_batch_norm()
+        >>> after = keras.ops.convert_to_numpy(layer.transform_attention(maps))
+        >>> layer.folded, bool(np.allclose(before, after, atol=1e-6))
+        (True, True)
+        """
+        if not self.apply_transform or self.folded:
+            self.folded = self.folded or self.apply_transform
+            return
+        kernel, bias = (ops.convert_to_numpy(t) for t in self.folded_mix())
+        self.reatten_kernel.assign(kernel)
+        self.reatten_bias.assign(bias)
+        # The folded kernel already holds the scale; rebuilt unfolded (e.g. from a
+        # saved model's config) the layer multiplies by it again after `var_norm`,
+        # so `var_norm` divides by it: the same weights give the same maps.
+        gamma = None
+        if self.transform_scale:
+            gamma = np.full(self.num_heads, 1.0 / self.scale, "float32")
+        batch_norm_as_affine(self.var_norm, gamma=gamma)
+        self.folded = True
 
     def folded_mix(self):
         """`(kernel, bias)`, float32, of the inference re-attention: mix, BatchNorm, scale."""
@@ -110,6 +161,30 @@ class ReAttention(MultiHeadSelfAttention):
     def get_config(self):
         config = super().get_config()
         config.update(
-            {"apply_transform": self.apply_transform, "transform_scale": self.transform_scale}
+            {
+                "apply_transform": self.apply_transform,
+                "transform_scale": self.transform_scale,
+                "folded": self.folded,
+            }
         )
         return config
+
+
+def batch_norm_as_affine(layer, gamma=None, beta=None):
+    """Sets an inference BatchNormalization to `x * gamma + beta` (default: the identity).
+
+    The moving statistics become mean 0 and variance `1 - epsilon`, so the layer
+    divides by `sqrt(1) = 1`: a folded layer that skips it and an unfolded one
+    that applies it compute the same function from the same weights.
+    """
+    channels = layer.moving_mean.shape
+    layer.moving_mean.assign(np.zeros(channels, "float32"))
+    layer.moving_variance.assign(np.full(channels, 1.0 - layer.epsilon, "float32"))
+    if layer.scale:
+        layer.gamma.assign(np.ones(channels, "float32") if gamma is None else gamma)
+    elif gamma is not None:
+        raise ValueError(f"BatchNormalization '{layer.name}' has no scale to hold a gamma.")
+    if layer.center:
+        layer.beta.assign(np.zeros(channels, "float32") if beta is None else beta)
+    elif beta is not None:
+        raise ValueError(f"BatchNormalization '{layer.name}' has no center to hold a beta.")

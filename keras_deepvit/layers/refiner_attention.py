@@ -6,6 +6,7 @@ from keras import ops
 from keras_deepvit.layers.attention import MultiHeadSelfAttention
 from keras_deepvit.layers.initializers import depthwise_initializers, torch_default
 from keras_deepvit.layers.map_ops import depthwise_conv_channels_first, mix_channels
+from keras_deepvit.layers.re_attention import batch_norm_as_affine
 from keras_deepvit.layers.torch_like import (
     batch_norm_fold,
     batch_norm_uses_batch_statistics,
@@ -42,6 +43,10 @@ class DistributedLocalAttention(keras.layers.Layer):
     Args:
         expansion_ratio: float; 1 skips the expansion convolution.
         kernel_size: int, odd, the depthwise kernel.
+        folded: bool, the inference form written by `fold_batch_norm()`: each
+            BatchNorm's scale lives in its convolution's kernel and its shift in
+            the BatchNorm's `beta`, used as a bias (the moving statistics are the
+            identity, so the same weights give the same maps unfolded).
 
     Call arguments:
         inputs: `(batch, heads, tokens, tokens)` maps (PyTorch layout).
@@ -56,12 +61,13 @@ class DistributedLocalAttention(keras.layers.Layer):
     (1, 4, 5, 5)
     """
 
-    def __init__(self, expansion_ratio=3, kernel_size=3, **kwargs):
+    def __init__(self, expansion_ratio=3, kernel_size=3, folded=False, **kwargs):
         super().__init__(**kwargs)
         if kernel_size % 2 != 1:
             raise ValueError(f"kernel_size must be odd, got {kernel_size}.")
         self.expansion_ratio = expansion_ratio
         self.kernel_size = kernel_size
+        self.folded = folded
 
     def build(self, input_shape):
         heads = input_shape[1]
@@ -98,7 +104,43 @@ class DistributedLocalAttention(keras.layers.Layer):
 
     def uses_batch_statistics(self, training):
         """Whether this call normalises with batch statistics (training a trainable layer)."""
-        return batch_norm_uses_batch_statistics(self.bn2, training)
+        return not self.folded and batch_norm_uses_batch_statistics(self.bn2, training)
+
+    def batch_norm_affine(self, layer):
+        """`(scale or None, shift)`, float32, of one inference BatchNorm (folded: its beta)."""
+        if self.folded:
+            return None, ops.cast(layer.beta, "float32")
+        return batch_norm_fold(layer)
+
+    def fold_batch_norm(self):
+        """Writes each inference BatchNorm into its convolution and sets `folded`.
+
+        The scale of `bn1`, `bn2`, `bn3` multiplies the kernel of the convolution
+        before it, the shift stays in the BatchNorm's `beta` (the bias the folded
+        call adds), the moving statistics become the identity. Exact to float32
+        rounding; inference only (a folded refiner trains without BatchNorm).
+
+        Example:
+        >>> import numpy as np
+        >>> layer = DistributedLocalAttention()
+        >>> maps = np.random.rand(1, 2, 4, 4).astype("float32")
+        >>> before = keras.ops.convert_to_numpy(layer(maps))
+        >>> layer.fold_batch_norm()
+        >>> bool(np.allclose(before, keras.ops.convert_to_numpy(layer(maps)), atol=1e-6))
+        True
+        """
+        if self.folded:
+            return
+        convs = [(self.depth_sep_conv, self.bn2, (None, None, slice(None), None)),
+                 (self.conv_pro, self.bn3, (None, slice(None)))]
+        if self.conv_exp is not None:
+            convs.insert(0, (self.conv_exp, self.bn1, (None, slice(None))))
+        for conv, norm, channel_index in convs:
+            scale, shift = (ops.convert_to_numpy(t) for t in batch_norm_fold(norm))
+            kernel = ops.convert_to_numpy(ops.cast(conv.kernel, "float32"))
+            conv.kernel.assign(kernel * scale[channel_index])
+            batch_norm_as_affine(norm, beta=shift)
+        self.folded = True
 
     def call(self, inputs, training=None):
         if not self.uses_batch_statistics(training):
@@ -128,24 +170,28 @@ class DistributedLocalAttention(keras.layers.Layer):
         def channel_bias(vector):
             return ops.cast(vector, dtype)[None, :, None, None]
 
+        def scaled(kernel, scale, index):
+            kernel = ops.cast(kernel, "float32")
+            return kernel if scale is None else kernel * scale[index]
+
         x = inputs
         if self.conv_exp is not None:
-            scale, shift = batch_norm_fold(self.bn1)
-            kernel = ops.cast(self.conv_exp.kernel, "float32") * scale[None, :]
+            scale, shift = self.batch_norm_affine(self.bn1)
+            kernel = scaled(self.conv_exp.kernel, scale, (None, slice(None)))
             x = ops.relu6(mix_channels(x, kernel, addend=channel_bias(shift)))
-        scale, shift = batch_norm_fold(self.bn2)
-        kernel = ops.cast(self.depth_sep_conv.kernel, "float32") * scale[None, None, :, None]
+        scale, shift = self.batch_norm_affine(self.bn2)
+        kernel = scaled(self.depth_sep_conv.kernel, scale, (None, None, slice(None), None))
         x = ops.relu6(depthwise_conv_channels_first(x, kernel, bias=shift))
-        scale, shift = batch_norm_fold(self.bn3)
+        scale, shift = self.batch_norm_affine(self.bn3)
         identity = inputs
         if output_scale is not None:
             output_scale = ops.cast(output_scale, "float32")
-            scale = scale * output_scale
+            scale = output_scale if scale is None else scale * output_scale
             shift = shift * output_scale
             identity = inputs * channel_bias(output_scale)
         if output_shift is not None:
             shift = shift + ops.cast(output_shift, "float32")
-        kernel = ops.cast(self.conv_pro.kernel, "float32") * scale[None, :]
+        kernel = scaled(self.conv_pro.kernel, scale, (None, slice(None)))
         return mix_channels(x, kernel, addend=identity + channel_bias(shift))
 
     def compute_output_shape(self, input_shape):
@@ -153,7 +199,13 @@ class DistributedLocalAttention(keras.layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        config.update({"expansion_ratio": self.expansion_ratio, "kernel_size": self.kernel_size})
+        config.update(
+            {
+                "expansion_ratio": self.expansion_ratio,
+                "kernel_size": self.kernel_size,
+                "folded": self.folded,
+            }
+        )
         return config
 
 
@@ -175,6 +227,9 @@ class RefinerAttention(MultiHeadSelfAttention):
         refine_attention: bool, refine the fresh maps of a computing block.
         expansion_ratio: float, DLA expansion (the official `head_expand` for
             computing blocks; shared blocks use 3).
+        folded: bool, the inference form written by `fold_batch_norm()`: the
+            refiner is folded and `adapt_bn` is a per-head affine map (`gamma`,
+            `beta` on identity statistics).
         qkv_bias, attention_dropout, proj_dropout, initializer: as
             `MultiHeadSelfAttention` (`initializer` sets `qkv` and `proj`).
 
@@ -198,12 +253,13 @@ class RefinerAttention(MultiHeadSelfAttention):
 
     def __init__(
         self, num_heads, share_attention=False, refine_attention=False, expansion_ratio=3,
-        **kwargs,
+        folded=False, **kwargs,
     ):
         super().__init__(num_heads, **kwargs)
         self.share_attention = share_attention
         self.refine_attention = refine_attention
         self.expansion_ratio = expansion_ratio
+        self.folded = folded
 
     def qkv_width(self, dim):
         return dim if self.share_attention else 3 * dim
@@ -213,7 +269,7 @@ class RefinerAttention(MultiHeadSelfAttention):
         if not (self.share_attention or self.refine_attention):
             return
         self.refiner = DistributedLocalAttention(
-            self.expansion_ratio, dtype=self.dtype_policy, name="DLA"
+            self.expansion_ratio, folded=self.folded, dtype=self.dtype_policy, name="DLA"
         )
         self.refiner.build((None, self.num_heads, None, None))
         self.adapt_bn = torch_batch_norm("adapt_bn", axis=1, dtype=self.dtype_policy)
@@ -226,11 +282,16 @@ class RefinerAttention(MultiHeadSelfAttention):
         """
         if self.refiner is None:
             return attention
-        uses_batch = self.refiner.uses_batch_statistics(training) or (
-            batch_norm_uses_batch_statistics(self.adapt_bn, training)
+        uses_batch = not self.folded and (
+            self.refiner.uses_batch_statistics(training)
+            or batch_norm_uses_batch_statistics(self.adapt_bn, training)
         )
         if not uses_batch:
-            scale, shift = batch_norm_fold(self.adapt_bn)
+            if self.folded:
+                scale = ops.cast(self.adapt_bn.gamma, "float32")
+                shift = ops.cast(self.adapt_bn.beta, "float32")
+            else:
+                scale, shift = batch_norm_fold(self.adapt_bn)
             if multiplier is not None:
                 scale, shift = scale * multiplier, shift * multiplier
             return self.refiner.refine_folded(attention, output_scale=scale, output_shift=shift)
@@ -238,6 +299,27 @@ class RefinerAttention(MultiHeadSelfAttention):
         if multiplier is not None:
             refined = refined * ops.cast(multiplier, refined.dtype)
         return refined
+
+    def fold_batch_norm(self):
+        """Folds the refiner's BatchNorms into its convolutions and `adapt_bn` into a
+        per-head affine map, then sets `folded` (inference only; exact to float32).
+
+        Example:
+        >>> import numpy as np
+        >>> layer = RefinerAttention(num_heads=2, refine_attention=True)
+        >>> x = np.random.rand(1, 5, 8).astype("float32")
+        >>> before = keras.ops.convert_to_numpy(layer(x)[0])
+        >>> layer.fold_batch_norm()
+        >>> bool(np.allclose(before, keras.ops.convert_to_numpy(layer(x)[0]), atol=1e-6))
+        True
+        """
+        if self.folded or self.refiner is None:
+            self.folded = self.folded or self.refiner is not None
+            return
+        self.refiner.fold_batch_norm()
+        scale, shift = (ops.convert_to_numpy(t) for t in batch_norm_fold(self.adapt_bn))
+        batch_norm_as_affine(self.adapt_bn, gamma=scale, beta=shift)
+        self.folded = True
 
     def check_previous_attention(self, previous_attention):
         if self.share_attention and previous_attention is None:
@@ -289,6 +371,7 @@ class RefinerAttention(MultiHeadSelfAttention):
                 "share_attention": self.share_attention,
                 "refine_attention": self.refine_attention,
                 "expansion_ratio": self.expansion_ratio,
+                "folded": self.folded,
             }
         )
         return config
