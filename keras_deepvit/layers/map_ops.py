@@ -28,6 +28,20 @@ import functools
 import keras
 from keras import ops
 
+if keras.backend.backend() == "torch":
+    import torch
+
+    # `torch.nn.functional.conv2d`, always run eagerly, also inside `torch.compile`
+    # (`jit_compile=True`). A Keras layer's `__call__` breaks `torch.compile`'s graph
+    # (Keras 3.15: "mapping proxy affected by dictionary mutation"), so the helpers
+    # here are compiled as frames of their own; one helper frame convolves images of
+    # several shapes (each stem convolution, each PiT pooling), so Dynamo recompiles
+    # it with symbolic shapes, and Inductor (PyTorch 2.13, CPU) fails on the backward
+    # of a symbolic-shape convolution ("cannot determine truth value of Relational"
+    # in `get_fill_order`). On CPU Inductor calls the same oneDNN kernel for a
+    # convolution, so running it eagerly changes neither the result nor the speed.
+    _torch_eager_conv2d = torch.compiler.disable(torch.nn.functional.conv2d, recursive=False)
+
 
 def has_fused_attention():
     """Whether `keras.ops.dot_product_attention` is the fastest attention here.
@@ -131,13 +145,11 @@ def depthwise_conv_channels_first(maps, kernel, bias=None):
         # padded copy of the maps and no slicing of their gradient (Refiner-ViT-S,
         # batch 8: 340 against 400 ms forward and backward per 72-channel map
         # convolution), and the bias is added by the kernel.
-        import torch
-
         maps = ops.convert_to_tensor(maps)
         weights = ops.cast(kernel, maps.dtype).permute(2, 3, 0, 1)
         if bias is not None:
             bias = ops.cast(bias, maps.dtype)
-        return torch.nn.functional.conv2d(
+        return _torch_eager_conv2d(
             maps, weights, bias, padding=size // 2, groups=maps.shape[1]
         )
     pad = size // 2
@@ -174,9 +186,16 @@ def depthwise_conv_valid(inputs, kernel, strides=1, data_format="channels_last")
     """
     kernel = ops.cast(kernel, inputs.dtype)
     if keras.backend.backend() == "torch":
-        return ops.depthwise_conv(
-            inputs, kernel, strides=strides, padding="valid", data_format=data_format
-        )
+        # Keras' own `depthwise_conv` on PyTorch, as one `conv2d` with `groups`, run
+        # outside `torch.compile`'s graphs (see `_torch_eager_conv2d` above).
+        inputs = ops.convert_to_tensor(inputs)
+        channels = kernel.shape[2]
+        weights = ops.reshape(kernel, tuple(kernel.shape[:2]) + (1, -1)).permute(3, 2, 0, 1)
+        if data_format == "channels_last":
+            inputs = inputs.permute(0, 3, 1, 2)
+        strides = (strides, strides) if isinstance(strides, int) else tuple(strides)
+        outputs = _torch_eager_conv2d(inputs, weights, stride=strides, groups=channels)
+        return outputs.permute(0, 2, 3, 1) if data_format == "channels_last" else outputs
     return _shifted_sum(inputs, kernel, strides, data_format == "channels_first")
 
 
@@ -295,10 +314,8 @@ def _torch_conv_valid(inputs, kernel, strides):
     112x112, batch 4: 1477 against 822 ms with its gradient). The copy costs
     one pass over the images. The result is an NHWC view of the NCHW output.
     """
-    import torch
-
     images = ops.convert_to_tensor(inputs).permute(0, 3, 1, 2).contiguous()
-    outputs = torch.nn.functional.conv2d(images, kernel.permute(3, 2, 0, 1), stride=strides)
+    outputs = _torch_eager_conv2d(images, kernel.permute(3, 2, 0, 1), stride=strides)
     return outputs.permute(0, 2, 3, 1)
 
 

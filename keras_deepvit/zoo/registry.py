@@ -51,7 +51,10 @@ def variant_info(name):
 def _check_keywords(record, kwargs):
     """A typo is a TypeError naming the closest argument, before anything is built."""
     family = record.family
-    valid = [p for p in inspect.signature(family.__init__).parameters if p not in ("self", "kwargs")]
+    parameters = inspect.signature(family.__init__).parameters.values()
+    if any(p.kind is p.VAR_POSITIONAL for p in parameters):
+        return  # a generic wrapper hides the arguments; the family's own check still runs
+    valid = [p.name for p in parameters if p.name != "self" and p.kind is not p.VAR_KEYWORD]
     valid += list(family.MODEL_KWARGS) + ["weights"]
     unknown = sorted(k for k in kwargs if k not in valid)
     if unknown:
