@@ -333,7 +333,7 @@ def main(argv=None):
         parser.error(f"--image-size must be a positive int, got {args.image_size}.")
     try:
         return args.run(args)
-    except (ValueError, ImportError, OSError) as error:
+    except (ValueError, TypeError, ImportError, OSError) as error:
         # Invalid combinations (e.g. an image smaller than one patch) and missing
         # optional packages: show the library's message, not a traceback.
         parser.exit(2, f"keras-deepvit {args.command}: error: {error}\n")

@@ -29,6 +29,7 @@ TINY = ["--model", "pit_ti", "--model-kwargs", '{"depth": [1, 1, 1]}', "--image-
         (["--image-size", "8"], "smaller than one 16x16 patch"),
         (["--epochs", "0"], "--epochs must be a positive int"),
         (["--model-kwargs", "{depth: 1}"], "--model-kwargs must be a JSON object"),
+        (["--model-kwargs", '{"dept": [1, 1, 1]}'], "did you mean 'depth'?"),
         (["--teacher", "t.keras"], "pit_ti has no distillation head"),
         (["--model", "pit_ti_distilled", "--teacher", "missing.keras"], "--teacher must be a .keras model file"),
     ],

@@ -114,7 +114,7 @@ def test_weight_decay_skips_biases_norms_embeddings_and_tokens(build):
     else:
         model = keras_deepvit.DeepViT(
             depth=2, embed_dim=16, num_heads=2, patch_size=8, input_shape=(16, 16, 3),
-            classes=CLASSES, stem="cnn", stem_filters=(4, 4),
+            classes=CLASSES, stem="cnn",  # DeepViT has no stem_filters argument: its stem is fixed
         )
     excluded = {v.path for v in no_weight_decay_variables(model)}
     paths = {v.path for v in model.trainable_variables}
