@@ -27,6 +27,15 @@ if keras.backend.backend() != "torch":
     )
 
 ALL = os.environ.get("KERAS_DEEPVIT_TORCH_COMPILE_TESTS") == "1"
+
+
+@pytest.fixture(autouse=True)
+def _one_compile_thread(monkeypatch):
+    # Inductor compiles in a pool of one worker per core: beside the suite's other
+    # pytest-xdist worker that tripled the PyTorch pass's learning tests.
+    import torch._inductor.config
+
+    monkeypatch.setattr(torch._inductor.config, "compile_threads", 1)
 SLOW = pytest.mark.skipif(not ALL, reason="set KERAS_DEEPVIT_TORCH_COMPILE_TESTS=1 (torch.compile is slow)")
 
 FAMILIES = {
