@@ -16,9 +16,7 @@ inside, so it is fed the worker's normalised images mapped back to [0, 255],
 and `rel_l2_vs_keras` checks that it computes the Keras model's logits.
 """
 
-import json
 import os
-import sys
 import tempfile
 
 import numpy as np
@@ -158,14 +156,9 @@ def describe(exported):
 
 
 def main(argv=None):
-    argv = sys.argv[1:] if argv is None else argv
-    spec_path, out_path = argv
-    with open(spec_path) as f:
-        spec = json.load(f)
-    result = run_exported_job(spec)
-    with open(out_path, "w") as f:
-        json.dump(result, f)
-    return 0
+    from keras_deepvit.benchmark.worker import run_json_job
+
+    return run_json_job(run_exported_job, argv)
 
 
 if __name__ == "__main__":

@@ -259,15 +259,20 @@ def run_job(spec):
     return result
 
 
-def main(argv=None):
+def run_json_job(job, argv=None):
+    """`job(spec)` for a worker process: `argv` is `SPEC.json OUT.json`; writes the result."""
     argv = sys.argv[1:] if argv is None else argv
     spec_path, out_path = argv
     with open(spec_path) as f:
         spec = json.load(f)
-    result = run_job(spec)
+    result = job(spec)
     with open(out_path, "w") as f:
         json.dump(result, f)
     return 0
+
+
+def main(argv=None):
+    return run_json_job(run_job, argv)
 
 
 if __name__ == "__main__":
