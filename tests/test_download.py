@@ -148,6 +148,23 @@ def _wait_for(predicate, what, proc=None, log=None):
     pytest.fail(f"timed out waiting for {what}; subprocess output:\n{output}")
 
 
+
+def _kill_inside_atomic_output(target, flag, tmp_path, log_name):
+    """Kills a process while it writes half of `target` through `atomic_output`."""
+    script = _module_loader() + textwrap.dedent(f"""
+        with mod.atomic_output({str(target)!r}) as tmp:
+            with open(tmp, "wb") as f:
+                f.write(b"half of it")
+                f.flush()
+            open({str(flag)!r}, "w").close()
+            time.sleep(300)
+    """)
+    proc, log = _start(script, tmp_path, log_name)
+    try:
+        _wait_for(flag.exists, "the ready flag", proc, log)
+    finally:
+        _kill(proc)
+
 def _module_loader():
     # Load download.py by file path: the package import (models, layers) is
     # slow and not what these subprocesses test.
@@ -367,19 +384,7 @@ def test_atomic_output_survives_sigkill(tmp_path):
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     target, flag = out_dir / "model.h5", tmp_path / "ready"
-    script = _module_loader() + textwrap.dedent(f"""
-        with mod.atomic_output({str(target)!r}) as tmp:
-            with open(tmp, "wb") as f:
-                f.write(b"half of it")
-                f.flush()
-            open({str(flag)!r}, "w").close()
-            time.sleep(300)
-    """)
-    proc, log = _start(script, tmp_path, "atomic.log")
-    try:
-        _wait_for(flag.exists, "the ready flag", proc, log)
-    finally:
-        _kill(proc)
+    _kill_inside_atomic_output(target, flag, tmp_path, "atomic.log")
     assert not target.exists()
     leftovers = _listing(out_dir)
     assert len(leftovers) == 1 and leftovers[0].startswith(".model.h5.tmp-")
@@ -579,18 +584,7 @@ def test_temporaries_of_dead_processes_are_removed(server, cache, tmp_path):
     """A killed process's temporary file goes on the next call, whatever file it was for."""
     os.makedirs(cache)
     target, flag = os.path.join(cache, "pit_ti.imagenet.safetensors"), tmp_path / "ready"
-    script = _module_loader() + textwrap.dedent(f"""
-        with mod.atomic_output({target!r}) as tmp:
-            with open(tmp, "wb") as f:
-                f.write(b"half of it")
-            open({str(flag)!r}, "w").close()
-            time.sleep(300)
-    """)
-    proc, log = _start(script, tmp_path, "killed.log")
-    try:
-        _wait_for(flag.exists, "the ready flag", proc, log)
-    finally:
-        _kill(proc)
+    _kill_inside_atomic_output(target, flag, tmp_path, "killed.log")
     (leftover,) = _listing(cache)
     server.serve("/w.pth", PAYLOAD)
     with atomic_output(os.path.join(cache, "busy.bin")) as mine:  # a live process's: kept
