@@ -59,6 +59,33 @@ def test_depthwise_conv_channels_first_pads_symmetrically(size):
         map_ops.depthwise_conv_channels_first(maps, np.zeros((2, 2, 3, 1), "float32"))
 
 
+@pytest.mark.parametrize("size", [3, 5])
+def test_depthwise_conv_channels_first_gradients_equal_the_keras_layers(size):
+    # XLA backends write this gradient out (see `_same_depthwise_shifted_sum`);
+    # PyTorch differentiates its own convolution. Both must match Keras' layer.
+    rng = np.random.default_rng(size)
+    maps = keras.Variable(rng.normal(size=(2, 3, 7, 6)).astype("float32"))
+    kernel = keras.Variable(rng.normal(size=(size, size, 3, 1)).astype("float32"))
+    cotangent = ops.convert_to_tensor(rng.normal(size=(2, 3, 7, 6)).astype("float32"))
+
+    def ours():
+        out = map_ops.depthwise_conv_channels_first(maps.value, kernel.value)
+        return ops.sum(out * cotangent)
+
+    def keras_layer():
+        channels_last = ops.transpose(maps.value, (0, 2, 3, 1))
+        out = ops.depthwise_conv(channels_last, kernel.value, padding="same")
+        return ops.sum(ops.transpose(out, (0, 3, 1, 2)) * cotangent)
+
+    (value, grads), (expected_value, expected_grads) = (
+        gradients(ours, [maps, kernel]), gradients(keras_layer, [maps, kernel])
+    )
+    np.testing.assert_allclose(value, expected_value, rtol=1e-5)
+    for grad, expected_grad in zip(grads, expected_grads):
+        assert grad.shape == expected_grad.shape
+        np.testing.assert_allclose(grad, expected_grad, rtol=1e-5, atol=1e-4)
+
+
 @pytest.mark.parametrize(
     "size,kernel,strides",
     [
