@@ -7,6 +7,7 @@ from pathlib import Path
 
 import keras
 import numpy as np
+import pytest
 
 REFERENCE_DIR = Path(
     os.environ.get(
@@ -14,6 +15,22 @@ REFERENCE_DIR = Path(
     )
 )
 TINY_DIR = REFERENCE_DIR / "tiny"
+ALL_PASSES = os.environ.get("KERAS_DEEPVIT_ALL_PASSES") == "1"
+
+
+def in_one_pass(backend, why):
+    """A skip mark: the test runs in the `KERAS_BACKEND=backend` pass of the suite only.
+
+    For tests whose subject does not depend on the Keras backend (downloads,
+    caches, the PyTorch references, a command's own logic): running them in
+    every pass would only triple their time. `KERAS_DEEPVIT_ALL_PASSES=1` runs
+    them in every pass.
+    """
+    return pytest.mark.skipif(
+        keras.backend.backend() != backend and not ALL_PASSES,
+        reason=f"runs once per suite, in the KERAS_BACKEND={backend} pass ({why}); "
+        "KERAS_DEEPVIT_ALL_PASSES=1 runs it in every pass",
+    )
 
 
 def to_numpy(x):

@@ -15,6 +15,7 @@ import time
 
 import pytest
 
+from helpers import in_one_pass
 from keras_deepvit.weights import download
 from keras_deepvit.weights.download import (
     CACHE_ENV,
@@ -27,6 +28,8 @@ from keras_deepvit.weights.download import (
 PAYLOAD = os.urandom(50_000)
 PAYLOAD_SHA = hashlib.sha256(PAYLOAD).hexdigest()
 HINT = "keras-deepvit convert pit_s.pth --model pit_s -o pit_s.weights.h5"
+pytestmark = in_one_pass("tensorflow", "the downloader is plain Python")
+
 # A loaded 2-core machine can take seconds to start Python and import keras.
 SUBPROCESS_TIMEOUT = 90
 

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 import keras_deepvit
-from helpers import infer, to_numpy
+from helpers import in_one_pass, infer, to_numpy
 from keras_deepvit.weights import keras_to_torch_state_dict
 from keras_deepvit.weights.download import WeightsDownloadError
 from keras_deepvit.models import PiT
@@ -28,6 +28,9 @@ from keras_deepvit.zoo.records import RECORDS, Checkpoint
 safetensors_numpy = pytest.importorskip("safetensors.numpy")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+#: The cache's and the converter's own logic (what is fetched, kept, refused); the
+#: end-to-end `weights="imagenet"` test above them runs on every backend.
+CACHE_MECHANICS = in_one_pass("tensorflow", "cache and conversion logic, backend-independent")
 
 
 class _Files(http.server.BaseHTTPRequestHandler):
@@ -145,6 +148,7 @@ def test_every_configuration_builds_one_model_with_the_default_values(
     assert handler.requests == ["/pit_ti.timm.safetensors"]
 
 
+@CACHE_MECHANICS
 def test_old_cache_layout_is_ignored_and_a_bad_cached_file_is_fetched_again(
     server, pit_ti_checkpoint, tmp_path, monkeypatch, caplog
 ):
@@ -167,6 +171,7 @@ def test_old_cache_layout_is_ignored_and_a_bad_cached_file_is_fetched_again(
     np.testing.assert_array_equal(keras_to_torch_state_dict(model)["norm.weight"], state["norm.weight"])
 
 
+@CACHE_MECHANICS
 def test_a_wrong_checkpoint_is_refused_before_caching(server, tmp_path, monkeypatch):
     base, handler = server
     donor = keras_deepvit.create_model("pit_xs", input_shape=(64, 64, 3))
@@ -189,6 +194,7 @@ def _use(monkeypatch, cache, mirror=None):
         monkeypatch.setenv("KERAS_DEEPVIT_WEIGHTS_MIRROR", str(mirror))
 
 
+@CACHE_MECHANICS
 def test_a_truncated_download_without_length_is_refused_then_fetched_again(
     server, pit_ti_checkpoint, tmp_path, monkeypatch
 ):
@@ -209,6 +215,7 @@ def test_a_truncated_download_without_length_is_refused_then_fetched_again(
     np.testing.assert_array_equal(state_dict["norm.weight"], state["norm.weight"])
 
 
+@CACHE_MECHANICS
 def test_a_bad_mirror_file_is_never_cached(pit_ti_checkpoint, tmp_path, monkeypatch):
     body = pit_ti_checkpoint[0]
     mirror, cache = tmp_path / "mirror", tmp_path / "cache"
@@ -226,6 +233,7 @@ def test_a_bad_mirror_file_is_never_cached(pit_ti_checkpoint, tmp_path, monkeypa
     assert official_state_dict(RECORDS["pit_ti"])[1] == str(cache / "pit_ti.timm.safetensors")
 
 
+@CACHE_MECHANICS
 def test_a_corrupt_cached_checkpoint_is_removed_and_fetched_again(
     server, pit_ti_checkpoint, tmp_path, monkeypatch, caplog
 ):
@@ -242,6 +250,7 @@ def test_a_corrupt_cached_checkpoint_is_removed_and_fetched_again(
     assert len(handler.requests) == 1
 
 
+@CACHE_MECHANICS
 def test_the_next_origin_is_tried_after_a_bad_one(server, pit_ti_checkpoint, tmp_path, monkeypatch):
     base, handler = server
     body, state = pit_ti_checkpoint[:2]
@@ -268,6 +277,7 @@ def test_imagenet_for_a_model_without_published_weights():
         keras_deepvit.create_model("deepvit_16", weights="imagenet", input_shape=(32, 32, 3))
 
 
+@CACHE_MECHANICS
 def test_server_down_gives_the_manual_download_steps(tmp_path, monkeypatch):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -303,6 +313,7 @@ _KILLED_CONVERSION = textwrap.dedent(
 )
 
 
+@CACHE_MECHANICS
 def test_cache_survives_a_killed_conversion(server, pit_ti_checkpoint, tmp_path, monkeypatch):
     base, handler = server
     body, _, images, expected = pit_ti_checkpoint
@@ -333,6 +344,7 @@ def test_cache_survives_a_killed_conversion(server, pit_ti_checkpoint, tmp_path,
     assert os.listdir(tmp_path) == ["saving", converted.name]  # the killed run's temporary file is gone
 
 
+@CACHE_MECHANICS
 def test_convert_command(pit_ti_checkpoint, tmp_path, capsys):
     from keras_deepvit.cli import main
 
@@ -350,6 +362,7 @@ def test_convert_command(pit_ti_checkpoint, tmp_path, capsys):
     np.testing.assert_allclose(infer(model, images), expected, rtol=1e-5, atol=1e-5)
 
 
+@CACHE_MECHANICS
 def test_convert_command_fills_the_imagenet_cache(pit_ti_checkpoint, tmp_path, monkeypatch, capsys):
     from keras_deepvit.cli import main
 
@@ -367,6 +380,7 @@ def test_convert_command_fills_the_imagenet_cache(pit_ti_checkpoint, tmp_path, m
     np.testing.assert_allclose(infer(model, images), expected, rtol=1e-5, atol=1e-5)
 
 
+@CACHE_MECHANICS
 def test_convert_command_refuses_a_wrong_model(pit_ti_checkpoint, tmp_path, capsys):
     from keras_deepvit.cli import main
 

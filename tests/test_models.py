@@ -142,16 +142,14 @@ def test_last_block_computes_only_the_tokens_the_output_reads(family, last_block
     # (test_torch_parity.py, test_fixture_parity.py), which run these models.
 
 
-def test_mixed_precision_forward_and_fit():
+def test_mixed_precision_forward():
+    # Training in mixed precision: tests/test_training_mixed_precision.py.
     keras.mixed_precision.set_global_policy("mixed_bfloat16")  # float16 matmuls are GPU-only in XLA:CPU
     try:
         for family in SMALL:
-            model = small(family)
-            probs = model.predict_on_batch(IMAGES)
+            probs = small(family).predict_on_batch(IMAGES)
             assert probs.dtype == np.float32
             assert np.all(np.isfinite(probs))
-            compile_for_training(model, optimizer="adam", loss="sparse_categorical_crossentropy")
-            model.fit(IMAGES, np.array([0, 1]), epochs=1, verbose=0)
     finally:
         keras.mixed_precision.set_global_policy("float32")
 

@@ -27,6 +27,9 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from keras_deepvit.testing import torch_reference as ref  # noqa: E402
+from helpers import in_one_pass  # noqa: E402
+
+pytestmark = in_one_pass("torch", "the PyTorch references use no Keras backend")
 
 REFERENCE_DIR = Path(os.environ.get(
     "KERAS_DEEPVIT_REFERENCE_DIR",

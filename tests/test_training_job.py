@@ -12,6 +12,7 @@ import time
 import keras
 import pytest
 
+from helpers import in_one_pass
 from keras_deepvit.cli import main
 from keras_deepvit.training import curves, job
 
@@ -110,6 +111,7 @@ def test_killed_run_resumes_from_its_last_epoch(tmp_path):
         job.run_training(job.TrainingConfig(model="pit_xs", output=str(output), epochs=1))
 
 
+@in_one_pass("torch", "the job's distillation wiring; each backend's distillation step is in test_training_recipe.py")
 def test_a_distilled_pit_learns_from_a_teacher_in_one_run(tmp_path):
     """A whole run in-process on every backend: DeiT distillation, every output written."""
     import keras_deepvit
