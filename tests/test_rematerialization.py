@@ -87,11 +87,12 @@ def test_remat_lowers_jax_compiled_training_memory():
     remat = small("refiner", rematerialize_blocks=True, **DEEP_REFINER)
     plain_bytes, remat_bytes = (jax_training_temp_bytes(m, 8) for m in (plain, remat))
     assert remat_bytes < 0.6 * plain_bytes, (remat_bytes, plain_bytes)
-    # Structurally: each block is one custom-gradient (recomputing) call.
+    # Structurally: each block is one recomputing custom-gradient call (other
+    # custom gradients, such as the refiner's depthwise convolution, are not counted).
     values = [[v.value for v in vs] for vs in (remat.trainable_variables, remat.non_trainable_variables)]
     forward = lambda t, n, x: remat.stateless_call(t, n, x, training=True)[0]  # noqa: E731
     jaxpr = str(jax.make_jaxpr(forward)(*values, IMAGES))
-    assert jaxpr.count("custom_vjp_call") == DEEP_REFINER["depth"], jaxpr.count("custom_vjp_call")
+    assert jaxpr.count("name=recomputed") == DEEP_REFINER["depth"], jaxpr.count("name=recomputed")
 
 
 @pytest.mark.skipif(keras.backend.backend() != "torch", reason="autograd saved tensors: PyTorch only")

@@ -98,8 +98,9 @@ def recompute_after_cotangent(function, anchored):
     import jax
     import jax.numpy as jnp
 
+    # The name shows in jaxprs (`custom_vjp_call[name=recomputed ...]`).
     @jax.custom_vjp
-    def wrapped(*args):
+    def recomputed(*args):
         return function(*args)
 
     def forward(*args):
@@ -120,5 +121,5 @@ def recompute_after_cotangent(function, anchored):
         _, vjp = jax.vjp(function, *args)
         return vjp(cotangents)
 
-    wrapped.defvjp(forward, backward)
-    return wrapped
+    recomputed.defvjp(forward, backward)
+    return recomputed
