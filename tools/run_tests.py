@@ -42,13 +42,13 @@ def parse_args(argv):
         help=f"comma-separated subset of {','.join(BACKENDS)} (default: all, in that order)",
     )
     parser.add_argument(
-        "-n", "--numprocesses", metavar="N",
-        default="3" if importlib.util.find_spec("xdist") is not None else None,
+        "-n", "--numprocesses", metavar="N", default=None,
         help="pytest-xdist workers per backend run (an int, 'auto', or 0 for none); "
-        "default: 3 when pytest-xdist is installed (the suite is mostly single-threaded "
-        "Python, model building and XLA compilation, and waits on the processes some "
-        "tests start: on a 2-core machine a third worker fills the gaps, JAX pass 921 "
-        "against 806 s)",
+        "default when pytest-xdist is installed: 3 for TensorFlow and JAX, 2 for PyTorch. "
+        "On a 2-core machine a third worker fills the gaps of single-threaded Python and "
+        "XLA compilation and of the processes some tests start (TensorFlow pass 659 -> "
+        "544 s, JAX 921 -> 846 s); the PyTorch pass, whose tests run multi-threaded "
+        "kernels, was slower with three (604 -> 652 s)",
     )
     args, unknown = parser.parse_known_args(own)
     args.pytest_args = unknown + passthrough
@@ -69,10 +69,17 @@ def names_test_paths(pytest_args):
     )
 
 
-def pytest_command(args):
+#: Default xdist workers per backend (see --numprocesses).
+DEFAULT_WORKERS = {"tensorflow": "3", "jax": "3", "torch": "2"}
+
+
+def pytest_command(args, backend):
     command = list(PYTEST)
-    if args.numprocesses not in (None, "0"):
-        command += ["-n", str(args.numprocesses)]
+    workers = args.numprocesses
+    if workers is None and importlib.util.find_spec("xdist") is not None:
+        workers = DEFAULT_WORKERS[backend]
+    if workers not in (None, "0"):
+        command += ["-n", str(workers)]
     if not names_test_paths(args.pytest_args):
         command.append("tests")
     return command + args.pytest_args
@@ -88,9 +95,9 @@ def describe(code):
 
 def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    command = pytest_command(args)
     results = []
     for backend in args.backends:
+        command = pytest_command(args, backend)
         print(f"\n=== KERAS_BACKEND={backend}: {' '.join(command[1:])}", flush=True)
         start = time.monotonic()
         code = subprocess.run(command, cwd=ROOT, env=dict(os.environ, KERAS_BACKEND=backend)).returncode

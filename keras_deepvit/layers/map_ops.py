@@ -164,8 +164,9 @@ def _same_depthwise_shifted_sum(maps, kernel):
     XLA's own gradient of the shifted sum pads and accumulates each tap's slice
     of the output gradient separately; written out, the gradient of the maps is
     the same shifted sum of the padded output gradient with the kernel flipped
-    (one fused pass), and the kernel's gradient is one reduction per tap. The
-    backward pass is about 1.3-2x faster on the refiner's maps.
+    (one fused pass), and the kernel's gradient is one reduction per tap,
+    accumulated in float32 (a tap sums over every map entry of the batch, too
+    many for a half-precision accumulator). See docs/performance.md.
     """
     size = kernel.shape[0]
     pad = size // 2
@@ -178,11 +179,12 @@ def _same_depthwise_shifted_sum(maps, kernel):
         d_maps = depthwise_conv_valid(
             ops.pad(upstream, padding), flipped, data_format="channels_first"
         )
-        padded = ops.pad(maps, padding)
+        padded = ops.cast(ops.pad(maps, padding), "float32")
+        wide_upstream = ops.cast(upstream, "float32")
         rows, cols = ops.shape(maps)[2], ops.shape(maps)[3]
         d_taps = [
             [
-                ops.sum(padded[:, :, i : i + rows, j : j + cols] * upstream, axis=(0, 2, 3))
+                ops.sum(padded[:, :, i : i + rows, j : j + cols] * wide_upstream, axis=(0, 2, 3))
                 for j in range(size)
             ]
             for i in range(size)
