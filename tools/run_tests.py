@@ -44,11 +44,8 @@ def parse_args(argv):
     parser.add_argument(
         "-n", "--numprocesses", metavar="N", default=None,
         help="pytest-xdist workers per backend run (an int, 'auto', or 0 for none); "
-        "default when pytest-xdist is installed: 3 for TensorFlow and JAX, 2 for PyTorch. "
-        "On a 2-core machine a third worker fills the gaps of single-threaded Python and "
-        "XLA compilation and of the processes some tests start (TensorFlow pass 659 -> "
-        "544 s, JAX 921 -> 846 s); the PyTorch pass, whose tests run multi-threaded "
-        "kernels, was slower with three (604 -> 652 s)",
+        "default when pytest-xdist is installed: 3 for TensorFlow and JAX, 2 for PyTorch "
+        "(measured on 2 cores: docs/development.md)",
     )
     args, unknown = parser.parse_known_args(own)
     args.pytest_args = unknown + passthrough

@@ -179,6 +179,8 @@ def _same_depthwise_shifted_sum(maps, kernel):
         d_maps = depthwise_conv_valid(
             ops.pad(upstream, padding), flipped, data_format="channels_first"
         )
+        # Padded again here rather than kept from the forward pass: a kept copy
+        # would be one more saved map per layer for the backward pass.
         padded = ops.cast(ops.pad(maps, padding), "float32")
         wide_upstream = ops.cast(upstream, "float32")
         rows, cols = ops.shape(maps)[2], ops.shape(maps)[3]
