@@ -162,11 +162,9 @@ def _same_depthwise_shifted_sum(maps, kernel):
     """`depthwise_conv_channels_first` under XLA, with its gradient written out.
 
     XLA's own gradient of the shifted sum pads and accumulates each tap's slice
-    of the output gradient separately; written out, the gradient of the maps is
-    the same shifted sum of the padded output gradient with the kernel flipped
-    (one fused pass), and the kernel's gradient is one reduction per tap,
-    accumulated in float32 (a tap sums over every map entry of the batch, too
-    many for a half-precision accumulator). See docs/performance.md.
+    of the output gradient separately; `depthwise_conv_channels_first_gradients`
+    is one fused pass for the maps and one reduction per tap for the kernel.
+    See docs/performance.md.
     """
     size = kernel.shape[0]
     pad = size // 2
@@ -175,26 +173,50 @@ def _same_depthwise_shifted_sum(maps, kernel):
 
     def gradient(*args, upstream=None):
         upstream = args[0] if upstream is None else upstream
-        flipped = ops.flip(ops.flip(kernel, axis=0), axis=1)
-        d_maps = depthwise_conv_valid(
-            ops.pad(upstream, padding), flipped, data_format="channels_first"
-        )
-        # Padded again here rather than kept from the forward pass: a kept copy
-        # would be one more saved map per layer for the backward pass.
-        padded = ops.cast(ops.pad(maps, padding), "float32")
-        wide_upstream = ops.cast(upstream, "float32")
-        rows, cols = ops.shape(maps)[2], ops.shape(maps)[3]
-        d_taps = [
-            [
-                ops.sum(padded[:, :, i : i + rows, j : j + cols] * wide_upstream, axis=(0, 2, 3))
-                for j in range(size)
-            ]
-            for i in range(size)
-        ]
-        d_kernel = ops.stack([ops.stack(row) for row in d_taps])[..., None]
-        return d_maps, ops.cast(d_kernel, kernel.dtype)
+        return depthwise_conv_channels_first_gradients(maps, kernel, upstream)
 
     return out, gradient
+
+
+def depthwise_conv_channels_first_gradients(maps, kernel, upstream):
+    """`(d_maps, d_kernel)` of `depthwise_conv_channels_first(maps, kernel)` given `upstream`.
+
+    The maps' gradient is the same shifted sum of the padded `upstream` with the
+    kernel flipped (one fused pass under XLA), the kernel's one reduction per
+    tap, accumulated in float32 (a tap sums over every map entry of the batch,
+    too many for a half-precision accumulator).
+
+    Example:
+    >>> import numpy as np
+    >>> maps, kernel = np.ones((1, 1, 3, 3), "float32"), np.ones((3, 3, 1, 1), "float32")
+    >>> d_maps, d_kernel = depthwise_conv_channels_first_gradients(maps, kernel, maps)
+    >>> float(np.asarray(d_maps)[0, 0, 1, 1]), float(np.asarray(d_kernel)[1, 1, 0, 0])
+    (9.0, 9.0)
+    """
+    size = kernel.shape[0]
+    pad = size // 2
+    padding = ((0, 0), (0, 0), (pad, pad), (pad, pad))
+    kernel_dtype = kernel.dtype
+    kernel = ops.cast(kernel, maps.dtype)
+    flipped = ops.flip(ops.flip(kernel, axis=0), axis=1)
+    d_maps = depthwise_conv_valid(ops.pad(upstream, padding), flipped, data_format="channels_first")
+    # XLA:CPU reduces a product of slices only from materialised operands, so
+    # each tap copies its slice of the padded maps. Each tap's copy is made to
+    # depend on the reduction before (`0 * previous` added to the maps it pads,
+    # which XLA cannot fold away for floats), so that one copy is live at a
+    # time rather than all of them. The maps are padded here rather than kept
+    # padded from the forward pass: a kept copy would be one more saved map.
+    wide_maps = ops.cast(maps, "float32")
+    wide_upstream = ops.cast(upstream, "float32")
+    rows, cols = ops.shape(maps)[2], ops.shape(maps)[3]
+    d_taps = []
+    for i in range(size):
+        for j in range(size):
+            source = wide_maps if not d_taps else wide_maps + d_taps[-1][0] * 0.0
+            window = ops.pad(source, padding)[:, :, i : i + rows, j : j + cols]
+            d_taps.append(ops.sum(window * wide_upstream, axis=(0, 2, 3)))
+    d_kernel = ops.reshape(ops.stack(d_taps), (size, size, -1))[..., None]
+    return d_maps, ops.cast(d_kernel, kernel_dtype)
 
 
 def depthwise_conv_valid(inputs, kernel, strides=1, data_format="channels_last"):

@@ -7,6 +7,7 @@ from keras_deepvit.layers.attention import MultiHeadSelfAttention
 from keras_deepvit.layers.initializers import depthwise_initializers, torch_default
 from keras_deepvit.layers.map_ops import depthwise_conv_channels_first, mix_channels
 from keras_deepvit.layers.re_attention import batch_norm_as_affine
+from keras_deepvit.layers.refiner_training import refine_with_batch_statistics
 from keras_deepvit.layers.torch_like import (
     batch_norm_fold,
     batch_norm_uses_batch_statistics,
@@ -145,12 +146,48 @@ class DistributedLocalAttention(keras.layers.Layer):
     def call(self, inputs, training=None):
         if not self.uses_batch_statistics(training):
             return self.refine_folded(inputs)
+        if self.has_written_out_backward(training):
+            return self.refine_training_step(inputs)
         x = inputs
         if self.conv_exp is not None:
             x = ops.relu6(self.bn1(mix_channels(x, self.conv_exp.kernel), training=training))
         x = depthwise_conv_channels_first(x, self.depth_sep_conv.kernel)
         x = ops.relu6(self.bn2(x, training=training))
         return self.bn3(mix_channels(x, self.conv_pro.kernel), training=training) + inputs
+
+    def has_written_out_backward(self, training):
+        """Whether this training call runs `refine_with_batch_statistics` (XLA backends).
+
+        Its backward pass keeps only the convolutions' outputs, so a training step
+        keeps fewer expanded maps (see `keras_deepvit.layers.refiner_training`). The
+        PyTorch backend keeps its own fused BatchNorm (`FusedTrainingBatchNormalization`),
+        which saves what the official code saves.
+        """
+        norms = (self.bn1, self.bn2, self.bn3) if self.conv_exp is not None else ()
+        return (
+            keras.backend.backend() != "torch"
+            and len(norms) == 3
+            and all(batch_norm_uses_batch_statistics(norm, training) for norm in norms)
+            and all(norm.scale and norm.center and not norm.renorm for norm in norms)
+            and len({norm.epsilon for norm in norms}) == 1
+        )
+
+    def refine_training_step(self, inputs):
+        """The training-mode refinement with batch statistics, moving statistics updated."""
+        norms = (self.bn1, self.bn2, self.bn3)
+        weights = [self.conv_exp.kernel, self.bn1.gamma, self.bn1.beta,
+                   self.depth_sep_conv.kernel, self.bn2.gamma, self.bn2.beta,
+                   self.conv_pro.kernel, self.bn3.gamma, self.bn3.beta]
+        weights = [ops.cast(weight, "float32") for weight in weights]
+        refined, statistics = refine_with_batch_statistics(
+            ops.convert_to_tensor(inputs), weights, self.bn2.epsilon
+        )
+        for norm, (mean, variance) in zip(norms, statistics):
+            # The update `keras.layers.BatchNormalization` makes with batch statistics.
+            for moving, batch in ((norm.moving_mean, mean), (norm.moving_variance, variance)):
+                current = ops.cast(moving, "float32")
+                moving.assign(current * norm.momentum + batch * (1.0 - norm.momentum))
+        return ops.cast(refined, self.compute_dtype)
 
     def refine_folded(self, inputs, output_scale=None, output_shift=None):
         """Inference refinement (moving statistics), optionally then `y * output_scale + output_shift`.
