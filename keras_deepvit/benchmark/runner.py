@@ -118,6 +118,33 @@ def cpu_flags(cpuinfo_text):
     return {flag: flag in present for flag in CPU_FLAGS}
 
 
+def cpu_model(cpuinfo_text):
+    """The first CPU's model name with its family and model numbers, from /proc/cpuinfo.
+
+    Virtual machines often report a bare name ("AMD EPYC"); the family and model
+    tell the generation apart (AMD family 23: Zen 1/2, 25: Zen 3/4), and with it
+    the GEMM peak and the memory bandwidth the ratios depend on.
+
+    Example:
+    >>> cpu_model("model name : AMD EPYC\ncpu family : 25\nmodel : 1\nflags : avx2")
+    'AMD EPYC (family 25, model 1)'
+    """
+    fields = {}
+    for line in cpuinfo_text.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key in ("model name", "cpu family", "model") and key not in fields:
+            fields[key] = value.strip()
+        if not line.strip() and fields:
+            break
+    name = fields.get("model name")
+    if name is None:
+        return None
+    if "cpu family" in fields and "model" in fields:
+        return f"{name} (family {fields['cpu family']}, model {fields['model']})"
+    return name
+
+
 def machine_header(machine, image_size=None):
     """The line above a results table: CPU model, its `CPU_FLAGS` (+ present, - absent), input size.
 
@@ -141,10 +168,7 @@ def machine_info():
         with open("/proc/cpuinfo") as f:
             text = f.read()
         flags = cpu_flags(text)
-        for line in text.splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+        cpu = cpu_model(text) or cpu
     except OSError:
         pass
     versions = {}

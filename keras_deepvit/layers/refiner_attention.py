@@ -12,6 +12,7 @@ from keras_deepvit.layers.torch_like import (
     batch_norm_fold,
     batch_norm_uses_batch_statistics,
     torch_batch_norm,
+    update_moving_statistics,
 )
 
 #: Expansion of the shared blocks' refiner; fixed in the official code (DLA default).
@@ -183,10 +184,7 @@ class DistributedLocalAttention(keras.layers.Layer):
             ops.convert_to_tensor(inputs), weights, self.bn2.epsilon
         )
         for norm, (mean, variance) in zip(norms, statistics):
-            # The update `keras.layers.BatchNormalization` makes with batch statistics.
-            for moving, batch in ((norm.moving_mean, mean), (norm.moving_variance, variance)):
-                current = ops.cast(moving, "float32")
-                moving.assign(current * norm.momentum + batch * (1.0 - norm.momentum))
+            update_moving_statistics(norm, mean, variance)
         return ops.cast(refined, self.compute_dtype)
 
     def refine_folded(self, inputs, output_scale=None, output_shift=None):

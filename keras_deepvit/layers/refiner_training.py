@@ -94,6 +94,20 @@ def _batch_norm_gradients(upstream, x, mean, variance, gamma, epsilon, dtype):
     return ops.cast(d_x, dtype), d_gamma, d_beta
 
 
+def _through_batch_norm_relu6(x, mean, variance, gamma, beta, epsilon, dtype, convolution_gradients):
+    """Gradients through `convolution(relu6(BatchNorm(x)))`, the activation recomputed from `x`.
+
+    `x` is float32; `convolution_gradients(activated)` returns the convolution's
+    `(d_activated, d_kernel)`. Returns `(d_x, d_kernel, d_gamma, d_beta)`.
+    """
+    pre_activation = _affine(x, mean, variance, gamma, beta, epsilon)
+    d_activated, d_kernel = convolution_gradients(ops.cast(ops.relu6(pre_activation), dtype))
+    d_x, d_gamma, d_beta = _batch_norm_gradients(
+        _relu6_gradient(d_activated, pre_activation), x, mean, variance, gamma, epsilon, dtype
+    )
+    return d_x, d_kernel, d_gamma, d_beta
+
+
 def _mix_channels_gradients(maps, kernel, upstream):
     """`(d_maps, d_kernel)` of `mix_channels(maps, kernel)`."""
     d_maps = mix_channels(upstream, ops.transpose(kernel))
@@ -143,21 +157,15 @@ def _refine(epsilon):
                 ops.cast(d_refined, "float32"), wide["projected"], mean3, variance3, gamma3,
                 epsilon, dtype,
             )
-            pre2 = _affine(wide["convolved"], mean2, variance2, gamma2, beta2, epsilon)
-            d_activated2, d_project_kernel = _mix_channels_gradients(
-                ops.cast(ops.relu6(pre2), dtype), project_kernel, d_projected
+            d_convolved, d_project_kernel, d_gamma2, d_beta2 = _through_batch_norm_relu6(
+                wide["convolved"], mean2, variance2, gamma2, beta2, epsilon, dtype,
+                lambda activated: _mix_channels_gradients(activated, project_kernel, d_projected),
             )
-            d_convolved, d_gamma2, d_beta2 = _batch_norm_gradients(
-                _relu6_gradient(d_activated2, pre2), wide["convolved"], mean2, variance2, gamma2,
-                epsilon, dtype,
-            )
-            pre1 = _affine(wide["expanded"], mean1, variance1, gamma1, beta1, epsilon)
-            d_activated1, d_depthwise_kernel = depthwise_conv_channels_first_gradients(
-                ops.cast(ops.relu6(pre1), dtype), depthwise_kernel, d_convolved
-            )
-            d_expanded, d_gamma1, d_beta1 = _batch_norm_gradients(
-                _relu6_gradient(d_activated1, pre1), wide["expanded"], mean1, variance1, gamma1,
-                epsilon, dtype,
+            d_expanded, d_depthwise_kernel, d_gamma1, d_beta1 = _through_batch_norm_relu6(
+                wide["expanded"], mean1, variance1, gamma1, beta1, epsilon, dtype,
+                lambda activated: depthwise_conv_channels_first_gradients(
+                    activated, depthwise_kernel, d_convolved
+                ),
             )
             d_maps, d_expand_kernel = _mix_channels_gradients(maps, expand_kernel, d_expanded)
             return (

@@ -79,10 +79,27 @@ class FusedTrainingBatchNormalization(keras.layers.BatchNormalization):
             # float64: exact to float32 rounding relative to variance + eps, the
             # quantity inference divides by.
             variance = (inverse_std.double() ** -2 - self.epsilon).clamp_(min=0).to(x.dtype)
-            for moving, batch in ((self.moving_mean, mean), (self.moving_variance, variance)):
-                current = ops.cast(moving, x.dtype)
-                moving.assign(current * self.momentum + batch * (1.0 - self.momentum))
+            update_moving_statistics(self, mean, variance)
         return ops.cast(outputs, self.compute_dtype)
+
+
+def update_moving_statistics(layer, mean, variance):
+    """Moves a BatchNormalization `layer`'s averages toward batch statistics, as Keras does.
+
+    `moving = moving * momentum + batch * (1 - momentum)`, in the statistics' dtype
+    (float32 under mixed precision, as in `keras.layers.BatchNormalization`).
+
+    Example:
+    >>> import numpy as np
+    >>> bn = torch_batch_norm("bn"); bn.build((None, 2))
+    >>> update_moving_statistics(bn, np.ones(2, "float32"), np.full(2, 3.0, "float32"))
+    >>> [round(float(v), 3) for v in keras.ops.convert_to_numpy(bn.moving_variance)]
+    [1.2, 1.2]
+    """
+    for moving, batch in ((layer.moving_mean, mean), (layer.moving_variance, variance)):
+        batch = ops.convert_to_tensor(batch)
+        current = ops.cast(moving, batch.dtype)
+        moving.assign(current * layer.momentum + batch * (1.0 - layer.momentum))
 
 
 def exact_gelu(x):
