@@ -32,6 +32,9 @@ _STATISTICS_AXES = (0, 2, 3)
 def refine_with_batch_statistics(maps, weights, epsilon):
     """The refiner's training-mode output and its three BatchNorms' batch statistics.
 
+    JAX and TensorFlow only: Keras' PyTorch `custom_gradient` takes a single output,
+    and the PyTorch backend keeps its own fused BatchNorm anyway.
+
     Args:
         maps: `(batch, heads, tokens, tokens)` maps.
         weights: the nine tensors `(expand_kernel, gamma1, beta1, depthwise_kernel,
