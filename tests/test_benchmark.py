@@ -30,10 +30,15 @@ def tiny_job(**kwargs):
 
 
 def test_tiny_job_in_process_times_every_contestant():
-    # Training with rematerialised blocks (the --remat option); inference is unchanged by it.
+    # Training with rematerialised blocks (the --remat option) on the PyTorch backend;
+    # under XLA it only doubles the compile time of this test, and remat's training step
+    # is checked on every backend by tests/test_rematerialization.py.
+    import keras
+
+    remat = keras.backend.backend() == "torch"
     report = tiny_job(
         modes=("infer", "train"), torch_variants=("eager", "sdpa"), repeats=2,
-        model_kwargs={"rematerialize_blocks": True},
+        model_kwargs={"rematerialize_blocks": True} if remat else {},
     )
     assert report["gemm_peak"]["peak"] > 0
     infer, train = report["rows"]

@@ -21,6 +21,7 @@ import importlib.util
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -82,6 +83,30 @@ def pytest_command(args, backend):
     return command + args.pytest_args
 
 
+def compile_cache_env(backend, directory):
+    """Environment that lets one backend pass share JAX's persistent compilation cache.
+
+    Many tests build the same small models and compile the same programs; with a
+    cache shared by the pass's pytest-xdist workers (and the subprocesses some tests
+    start), each is compiled once. A cache hit returns the same executable, so no
+    result changes. Only JAX is cached; a `JAX_COMPILATION_CACHE_DIR` of your own wins.
+
+    Example:
+    >>> sorted(compile_cache_env("jax", "/tmp/c"))[0]
+    'JAX_COMPILATION_CACHE_DIR'
+    >>> compile_cache_env("torch", "/tmp/c")
+    {}
+    """
+    if backend != "jax" or os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        return {}
+    return {
+        "JAX_COMPILATION_CACHE_DIR": str(directory),
+        # The suite's programs compile in well under JAX's default 1 s threshold.
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+        "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+    }
+
+
 def describe(code):
     if code == 0:
         return "passed"
@@ -97,7 +122,9 @@ def main(argv=None):
         command = pytest_command(args, backend)
         print(f"\n=== KERAS_BACKEND={backend}: {' '.join(command[1:])}", flush=True)
         start = time.monotonic()
-        code = subprocess.run(command, cwd=ROOT, env=dict(os.environ, KERAS_BACKEND=backend)).returncode
+        with tempfile.TemporaryDirectory(prefix=f"keras-deepvit-{backend}-cache-") as cache:
+            env = dict(os.environ, KERAS_BACKEND=backend, **compile_cache_env(backend, cache))
+            code = subprocess.run(command, cwd=ROOT, env=env).returncode
         results.append((backend, code, time.monotonic() - start))
         if code == NO_TESTS_COLLECTED:
             print(f"=== {backend}: no tests were collected; that counts as a failure.", flush=True)
