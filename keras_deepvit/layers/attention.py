@@ -3,7 +3,8 @@
 import keras
 from keras import ops
 
-from keras_deepvit.layers import map_ops
+from keras_deepvit.layers import map_ops, wide_matmul
+from keras_deepvit.layers.dense import Dense
 from keras_deepvit.layers.initializers import dense_initializers, validate_initializer
 
 
@@ -87,12 +88,12 @@ class MultiHeadSelfAttention(keras.layers.Layer):
         self.dim = dim
         self.head_dim = dim // self.num_heads
         self.scale = self.head_dim**-0.5
-        self.qkv = keras.layers.Dense(
+        self.qkv = Dense(
             self.qkv_width(dim), use_bias=self.qkv_bias, dtype=self.dtype_policy, name="qkv",
             **dense_initializers(self.initializer, dim),
         )
         self.qkv.build(input_shape)
-        self.proj = keras.layers.Dense(
+        self.proj = Dense(
             dim, dtype=self.dtype_policy, name="proj", **dense_initializers(self.initializer, dim)
         )
         self.proj.build(tuple(input_shape[:-1]) + (dim,))
@@ -136,15 +137,15 @@ class MultiHeadSelfAttention(keras.layers.Layer):
         each multiplied by it instead (Refiner-ViT's official order).
         """
         if query_scale is None:
-            logits = ops.matmul(q, ops.swapaxes(k, -1, -2)) * ops.cast(self.scale, q.dtype)
+            logits = wide_matmul.matmul(q, ops.swapaxes(k, -1, -2)) * ops.cast(self.scale, q.dtype)
         else:
             root = ops.cast(query_scale, q.dtype)
-            logits = ops.matmul(q * root, ops.swapaxes(k * root, -1, -2))
+            logits = wide_matmul.matmul(q * root, ops.swapaxes(k * root, -1, -2))
         return ops.cast(ops.softmax(ops.cast(logits, "float32"), axis=-1), q.dtype)
 
     def attend(self, attention, v):
         """`attention @ v` with heads merged back: `(batch, tokens, dim)`."""
-        out = ops.transpose(ops.matmul(attention, v), (0, 2, 1, 3))
+        out = ops.transpose(wide_matmul.matmul(attention, v), (0, 2, 1, 3))
         return ops.reshape(out, (-1, ops.shape(out)[1], self.dim))
 
     def output_projection(self, x, training=None):

@@ -5,6 +5,7 @@ import keras
 from keras import ops
 
 from keras_deepvit.layers.attention import MultiHeadSelfAttention
+from keras_deepvit.layers.dense import Dense
 from keras_deepvit.layers.drop_path import DropPath
 from keras_deepvit.layers.initializers import dense_initializers, validate_initializer
 from keras_deepvit.layers.re_attention import ReAttention
@@ -50,12 +51,12 @@ class Mlp(keras.layers.Layer):
 
     def build(self, input_shape):
         dim = input_shape[-1]
-        self.fc1 = keras.layers.Dense(
+        self.fc1 = Dense(
             self.hidden_dim, dtype=self.dtype_policy, name="fc1",
             **dense_initializers(self.initializer, dim),
         )
         self.fc1.build(input_shape)
-        self.fc2 = keras.layers.Dense(
+        self.fc2 = Dense(
             dim, dtype=self.dtype_policy, name="fc2",
             **dense_initializers(self.initializer, self.hidden_dim),
         )

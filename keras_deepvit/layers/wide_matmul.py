@@ -1,0 +1,205 @@
+"""bfloat16 matmuls that accumulate into float32, where the machine runs them faster.
+
+Under `mixed_bfloat16` every dense layer and attention product multiplies bfloat16
+tensors. XLA:CPU runs a bfloat16 x bfloat16 -> bfloat16 dot through a slow generic
+path, while the same dot asked for a float32 result goes to the CPU's bfloat16 GEMM
+(AVX512-BF16 / AMX). On JAX, `matmul` asks for that float32 result and rounds it to
+bfloat16 once, in the forward pass and in both gradient products, so the numbers are the product of the bfloat16 inputs accumulated
+in float32, as PyTorch's autocast computes them.
+
+Whether the wide form is faster is a fact of the machine, not of its name: the first
+bfloat16 matmul of a process times both forms on a small GEMM
+(`prefers_wide_accumulator`) and caches the answer under `$KERAS_HOME/keras_deepvit/`
+for this CPU and JAX version. GPUs and the PyTorch backend (whose bfloat16 GEMM
+already accumulates in float32) keep `keras.ops.matmul`. So does TensorFlow: its
+bfloat16 -> float32 product (`BatchMatMulV3` with `Tout=float32`) has a kernel under
+XLA only, and a layer cannot tell whether the function calling it will be compiled.
+"""
+
+import functools
+import json
+import os
+import threading
+import time
+
+import keras
+from keras import ops
+
+#: Square size of the probe GEMM: large enough to reach the GEMM kernels' speed,
+#: small enough that the probe costs well under a second.
+PROBE_SIZE = 512
+_LOCK = threading.Lock()
+
+
+def matmul(a, b):
+    """`keras.ops.matmul(a, b)`; for bfloat16 inputs on XLA:CPU, accumulated in float32.
+
+    `b` is either a matrix (a dense kernel, broadcast over `a`'s leading axes) or has
+    the same batch axes as `a`.
+
+    Example:
+    >>> import numpy as np
+    >>> a = keras.ops.ones((2, 3, 4), "bfloat16"); b = keras.ops.ones((4, 5), "bfloat16")
+    >>> tuple(matmul(a, b).shape), keras.backend.standardize_dtype(matmul(a, b).dtype)
+    ((2, 3, 5), 'bfloat16')
+    """
+    if not _bfloat16_pair(a, b) or not prefers_wide_accumulator():
+        return ops.matmul(a, b)
+    # Variables (a dense kernel, autocast to bfloat16 in a layer's call) as tensors.
+    a, b = ops.convert_to_tensor(a), ops.convert_to_tensor(b)
+    return _jax_wide_matmul()(a, b)
+
+
+def _bfloat16_pair(a, b):
+    return (
+        keras.backend.standardize_dtype(a.dtype) == "bfloat16"
+        and keras.backend.standardize_dtype(b.dtype) == "bfloat16"
+    )
+
+
+def prefers_wide_accumulator():
+    """True if bfloat16 matmuls with a float32 result are faster here (measured, cached).
+
+    Always False on TensorFlow, on the PyTorch backend and on GPUs.
+
+    Example:
+    >>> isinstance(prefers_wide_accumulator(), bool)
+    True
+    """
+    backend = keras.backend.backend()
+    if backend != "jax" or _has_gpu(backend):
+        return False
+    return _measured_preference(backend)
+
+
+def _has_gpu(backend):
+    import jax
+
+    return jax.default_backend() != "cpu"
+
+
+@functools.lru_cache(maxsize=None)
+def _measured_preference(backend):
+    with _LOCK:
+        key = _machine_key(backend)
+        cache = _cache_path()
+        facts = _read_facts(cache)
+        if key not in facts:
+            narrow, wide = _time_both_forms(backend)
+            facts[key] = {"bfloat16_out_s": narrow, "float32_out_s": wide, "wide": wide < narrow}
+            _write_facts(cache, facts)
+        return bool(facts[key]["wide"])
+
+
+def _machine_key(backend):
+    import jax
+
+    return f"{_cpu_description()} | {backend} {jax.__version__}"
+
+
+def _cpu_description():
+    """The first CPU's name, family, model and bfloat16 flags (/proc/cpuinfo), or its platform name."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo") as file:
+            first = file.read().split("\n\n", 1)[0]
+    except OSError:
+        return platform.processor() or platform.machine()
+    fields = {}
+    for line in first.splitlines():
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    flags = set(fields.get("flags", "").split())
+    bf16 = ",".join(f for f in ("avx512_bf16", "amx_bf16") if f in flags) or "no-bf16-flags"
+    return f"{fields.get('model name', platform.machine())} ({fields.get('cpu family')}/{fields.get('model')}; {bf16})"
+
+
+def _cache_path():
+    home = os.environ.get("KERAS_HOME", os.path.join(os.path.expanduser("~"), ".keras"))
+    return os.path.join(home, "keras_deepvit", "machine_facts.json")
+
+
+def _read_facts(path):
+    try:
+        with open(path) as file:
+            facts = json.load(file)
+        return facts if isinstance(facts, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_facts(path, facts):
+    # Written whole to a temporary file and renamed: a reader never sees half a file.
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        temporary = f"{path}.{os.getpid()}.tmp"
+        with open(temporary, "w") as file:
+            json.dump(facts, file, indent=1, sort_keys=True)
+        os.replace(temporary, path)
+    except OSError:
+        pass  # A read-only home only costs the probe again in the next process.
+
+
+def _best_of(run, repeats=5):
+    run()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def _time_both_forms(backend):
+    """Seconds of one probe GEMM as bfloat16 -> bfloat16 and as bfloat16 -> float32 (JAX)."""
+    import jax
+    import jax.numpy as jnp
+
+    n = PROBE_SIZE
+    # Timed eagerly even when the first use is inside a traced function.
+    with jax.ensure_compile_time_eval():
+        x = jnp.ones((n, n), jnp.bfloat16)
+        narrow = jax.jit(lambda p, q: p @ q)
+        wide = jax.jit(lambda p, q: jnp.matmul(p, q, preferred_element_type=jnp.float32))
+        return (
+            _best_of(lambda: narrow(x, x).block_until_ready()),
+            _best_of(lambda: wide(x, x).block_until_ready()),
+        )
+
+
+def _weight_gradient_2d(a, upstream, product):
+    """Gradient of a broadcast matrix `b`: `a^T @ upstream` over all leading axes."""
+    rows = a.shape[-1]
+    a2 = ops.reshape(a, (-1, rows))
+    g2 = ops.reshape(upstream, (-1, upstream.shape[-1]))
+    return product(ops.transpose(a2), g2)
+
+
+@functools.lru_cache(maxsize=None)
+def _jax_wide_matmul():
+    import jax
+    import jax.numpy as jnp
+
+    def product(p, q):
+        return jnp.matmul(p, q, preferred_element_type=jnp.float32).astype(jnp.bfloat16)
+
+    @jax.custom_vjp
+    def wide(a, b):
+        return product(a, b)
+
+    def forward(a, b):
+        return product(a, b), (a, b)
+
+    def backward(saved, upstream):
+        a, b = saved
+        upstream = upstream.astype(jnp.bfloat16)
+        grad_a = product(upstream, jnp.swapaxes(b, -1, -2))
+        if b.ndim == 2:
+            grad_b = _weight_gradient_2d(a, upstream, product)
+        else:
+            grad_b = product(jnp.swapaxes(a, -1, -2), upstream)
+        return grad_a, grad_b
+
+    wide.defvjp(forward, backward)
+    return wide

@@ -1,0 +1,133 @@
+"""`wide_matmul.matmul` and `Dense`: bfloat16 products accumulated in float32 where the
+machine runs them faster; the same values and gradients as Keras' own matmul, on every
+backend, and the machine's answer measured once and cached."""
+
+import json
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+from keras_deepvit.layers import wide_matmul
+from keras_deepvit.layers.dense import Dense
+
+BACKEND = keras.backend.backend()
+
+
+@pytest.fixture
+def wide_path(monkeypatch):
+    """Forces the wide form (where the backend has one), whatever this machine prefers."""
+    monkeypatch.setattr(wide_matmul, "prefers_wide_accumulator", lambda: BACKEND == "jax")
+
+
+def _rounded(x):
+    return np.asarray(ops.convert_to_numpy(ops.cast(ops.cast(x, "bfloat16"), "float32")))
+
+
+def _gradients(function, a, b):
+    """Gradients of sum(function(a, b) * weights) with respect to a and b, as float32 numpy."""
+    weights = np.linspace(-1, 1, int(np.prod(ops.shape(function(a, b))))).reshape(ops.shape(function(a, b)))
+    weights = ops.cast(weights, "bfloat16")
+    if BACKEND == "jax":
+        import jax
+
+        grads = jax.grad(lambda p, q: ops.sum(ops.cast(function(p, q) * weights, "float32")), (0, 1))(a, b)
+    elif BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        with tf.GradientTape() as tape:
+            tape.watch([a, b])
+            loss = ops.sum(ops.cast(function(a, b) * weights, "float32"))
+        grads = tape.gradient(loss, [a, b])
+    else:
+        import torch
+
+        a, b = (t.detach().clone().requires_grad_(True) for t in (a, b))
+        ops.sum(ops.cast(function(a, b) * weights, "float32")).backward()
+        grads = (a.grad, b.grad)
+    return [ops.convert_to_numpy(ops.cast(g, "float32")) for g in grads]
+
+
+@pytest.mark.parametrize("b_shape", [(8, 5), (2, 3, 8, 5)], ids=["kernel", "batched"])
+def test_values_and_gradients_equal_keras_matmul(wide_path, b_shape):
+    rng = np.random.default_rng(0)
+    a = ops.cast(rng.normal(size=(2, 3, 6, 8)), "bfloat16")
+    b = ops.cast(rng.normal(size=b_shape), "bfloat16")
+    actual = wide_matmul.matmul(a, b)
+    assert keras.backend.standardize_dtype(actual.dtype) == "bfloat16"
+    # The product of the bfloat16 inputs, accumulated in float32, rounded once.
+    exact = _rounded(ops.matmul(ops.cast(a, "float32"), ops.cast(b, "float32")))
+    np.testing.assert_allclose(_rounded(actual), exact, rtol=1e-2, atol=1e-2)
+    ours = _gradients(wide_matmul.matmul, a, b)
+    keras_own = _gradients(lambda p, q: ops.cast(ops.matmul(ops.cast(p, "float32"), ops.cast(q, "float32")), "bfloat16"), a, b)
+    for mine, theirs in zip(ours, keras_own):
+        assert mine.shape == theirs.shape
+        np.testing.assert_allclose(mine, theirs, rtol=3e-2, atol=3e-2 * np.abs(theirs).max())
+
+
+def test_float32_inputs_take_keras_matmul_unchanged():
+    a = np.ones((2, 3), "float32")
+    b = np.ones((3, 4), "float32")
+    out = wide_matmul.matmul(a, b)
+    assert keras.backend.standardize_dtype(out.dtype) == "float32"
+    np.testing.assert_array_equal(ops.convert_to_numpy(out), np.full((2, 4), 3.0))
+
+
+def test_dense_matches_keras_dense_and_round_trips(wide_path):
+    ours = Dense(6, activation="gelu", dtype="mixed_bfloat16")
+    theirs = keras.layers.Dense(6, activation="gelu", dtype="mixed_bfloat16")
+    x = np.random.default_rng(1).normal(size=(2, 5, 4)).astype("float32")
+    ours.build(x.shape)
+    theirs.build(x.shape)
+    theirs.set_weights(ours.get_weights())
+    np.testing.assert_allclose(
+        ops.convert_to_numpy(ops.cast(ours(x), "float32")),
+        ops.convert_to_numpy(ops.cast(theirs(x), "float32")), rtol=2e-2, atol=2e-2,
+    )
+    clone = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(ours))
+    assert type(clone) is Dense and clone.get_config() == ours.get_config()
+
+
+def test_preference_is_measured_once_and_cached(monkeypatch, tmp_path):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    wide_matmul._measured_preference.cache_clear()
+    calls = []
+    monkeypatch.setattr(wide_matmul, "_time_both_forms", lambda backend: calls.append(backend) or (2.0, 1.0))
+    try:
+        answer = wide_matmul.prefers_wide_accumulator()
+        if BACKEND != "jax":
+            assert answer is False and not calls  # the wide form is JAX's (see the module)
+            return
+        if wide_matmul._has_gpu(BACKEND):
+            pytest.skip("GPUs keep keras.ops.matmul; the probe runs on CPUs only")
+        assert answer is True and calls == [BACKEND]
+        facts = json.loads((tmp_path / "keras_deepvit" / "machine_facts.json").read_text())
+        (entry,) = facts.values()
+        assert entry == {"bfloat16_out_s": 2.0, "float32_out_s": 1.0, "wide": True}
+        wide_matmul._measured_preference.cache_clear()  # a new process reads the file
+        assert wide_matmul.prefers_wide_accumulator() is True and calls == [BACKEND]
+    finally:
+        wide_matmul._measured_preference.cache_clear()
+
+
+def test_a_broken_cache_file_is_measured_again(monkeypatch, tmp_path):
+    if BACKEND != "jax":
+        pytest.skip("the probe is JAX's (tested above)")
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    (tmp_path / "keras_deepvit").mkdir()
+    (tmp_path / "keras_deepvit" / "machine_facts.json").write_text("{half a fi")
+    wide_matmul._measured_preference.cache_clear()
+    monkeypatch.setattr(wide_matmul, "_time_both_forms", lambda backend: (1.0, 2.0))
+    try:
+        assert wide_matmul._measured_preference(BACKEND) is False
+        assert json.loads((tmp_path / "keras_deepvit" / "machine_facts.json").read_text())
+    finally:
+        wide_matmul._measured_preference.cache_clear()
+
+
+def test_the_real_probe_times_both_forms():
+    if BACKEND != "jax":
+        pytest.skip("the probe is JAX's")
+    narrow, wide = wide_matmul._time_both_forms(BACKEND)
+    assert narrow > 0 and wide > 0
