@@ -25,7 +25,7 @@ class Dense(keras.layers.Dense):
         if self.lora_enabled or self.quantization_mode is not None:
             return super().call(inputs, training=training)
         kernel = self.kernel
-        if not wide_matmul._bfloat16_pair(inputs, kernel):
+        if not wide_matmul.bfloat16_pair(inputs, kernel):
             return super().call(inputs, training=training)
         x = wide_matmul.matmul(inputs, kernel)
         if self.bias is not None:

@@ -32,7 +32,7 @@ _LOCK = threading.Lock()
 
 
 def matmul(a, b):
-    """`keras.ops.matmul(a, b)`; for bfloat16 inputs on XLA:CPU, accumulated in float32.
+    """`keras.ops.matmul(a, b)`; for bfloat16 inputs on JAX's CPU, accumulated in float32.
 
     `b` is either a matrix (a dense kernel, broadcast over `a`'s leading axes) or has
     the same batch axes as `a`.
@@ -43,14 +43,20 @@ def matmul(a, b):
     >>> tuple(matmul(a, b).shape), keras.backend.standardize_dtype(matmul(a, b).dtype)
     ((2, 3, 5), 'bfloat16')
     """
-    if not _bfloat16_pair(a, b) or not prefers_wide_accumulator():
+    if not bfloat16_pair(a, b) or not prefers_wide_accumulator():
         return ops.matmul(a, b)
     # Variables (a dense kernel, autocast to bfloat16 in a layer's call) as tensors.
     a, b = ops.convert_to_tensor(a), ops.convert_to_tensor(b)
     return _jax_wide_matmul()(a, b)
 
 
-def _bfloat16_pair(a, b):
+def bfloat16_pair(a, b):
+    """True if both operands are bfloat16 (a mixed_bfloat16 layer's product).
+
+    Example:
+    >>> bfloat16_pair(keras.ops.ones((2,), "bfloat16"), keras.ops.ones((2,), "float32"))
+    False
+    """
     return (
         keras.backend.standardize_dtype(a.dtype) == "bfloat16"
         and keras.backend.standardize_dtype(b.dtype) == "bfloat16"
