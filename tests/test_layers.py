@@ -4,8 +4,9 @@ import keras
 import numpy as np
 import pytest
 
-from helpers import check_layer, to_numpy
+from helpers import check_layer, gradients, to_numpy
 from keras_deepvit import layers
+from keras_deepvit.layers import attention, map_ops
 
 RNG = np.random.default_rng(0)
 TOKENS = RNG.normal(size=(2, 5, 8)).astype("float32")
@@ -69,6 +70,35 @@ def test_fused_and_explicit_attention_agree():
     explicit, maps = layer(TOKENS, return_attention_scores=True)
     np.testing.assert_allclose(to_numpy(explicit), fused, atol=1e-5)
     np.testing.assert_allclose(to_numpy(maps).sum(-1), 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("chunks", [2, 3])
+def test_query_chunks_give_the_whole_attention_and_its_gradients(monkeypatch, chunks):
+    tokens = np.random.default_rng(3).normal(size=(2, 7, 8)).astype("float32")
+    layer = layers.MultiHeadSelfAttention(num_heads=2)
+    layer(tokens)
+
+    def loss():
+        return keras.ops.sum(layer(tokens) * keras.ops.cos(keras.ops.convert_to_tensor(tokens)))
+
+    whole_out = to_numpy(layer(tokens))
+    whole_loss, whole_grads = gradients(loss, layer.trainable_variables)
+    monkeypatch.setattr(type(layer), "query_chunks", lambda self, q, k: chunks)
+    np.testing.assert_allclose(to_numpy(layer(tokens)), whole_out, atol=1e-6)
+    chunked_loss, chunked_grads = gradients(loss, layer.trainable_variables)
+    np.testing.assert_allclose(chunked_loss, whole_loss, rtol=1e-6)
+    for chunked, whole in zip(chunked_grads, whole_grads):
+        np.testing.assert_allclose(chunked, whole, rtol=1e-5, atol=1e-6)
+
+
+def test_query_chunks_only_for_large_maps_on_jax_cpu():
+    layer = layers.MultiHeadSelfAttention(num_heads=3)
+    small = keras.ops.zeros((1, 3, 50, 8))
+    large = keras.ops.zeros((8, 3, 730, 8))
+    assert layer.query_chunks(small, small) == 1
+    chunked = keras.backend.backend() == "jax" and map_ops.xla_on_cpu()
+    expected = min(attention.MAX_QUERY_CHUNKS, -(-8 * 3 * 730 * 730 * 4 // attention.CHUNK_BYTES))
+    assert layer.query_chunks(large, large) == (expected if chunked else 1)
 
 
 @pytest.mark.parametrize(

@@ -222,3 +222,20 @@ def test_fused_training_batch_norm_equals_keras_batch_norm(axis, shape):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-9)
     for a, b in zip(fused_grads, plain_grads):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * np.abs(b).max())
+
+
+def test_softmax_and_its_gradient_equal_keras_softmax():
+    logits = keras.Variable(RNG.normal(size=(2, 3, 5, 7)).astype("float32") * 3)
+    upstream = RNG.normal(size=(2, 3, 5, 7)).astype("float32")
+
+    def loss(softmax):
+        return lambda: ops.sum(softmax(logits) * upstream)
+
+    expected_loss, (expected,) = gradients(loss(lambda x: ops.softmax(x, axis=-1)), [logits])
+    actual_loss, (actual,) = gradients(loss(map_ops.softmax), [logits])
+    np.testing.assert_allclose(actual_loss, expected_loss, rtol=1e-6)
+    np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-6)
+    values = to_numpy(logits.value)
+    np.testing.assert_allclose(
+        to_numpy(map_ops.softmax(values)), to_numpy(ops.softmax(values, axis=-1)), atol=1e-7
+    )

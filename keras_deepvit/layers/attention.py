@@ -8,6 +8,12 @@ from keras_deepvit.layers.dense import Dense
 from keras_deepvit.layers.initializers import dense_initializers, validate_initializer
 
 
+#: Plain attention on JAX's CPU runs in query chunks whose float32 maps hold about this many bytes.
+CHUNK_BYTES = 16 * 2**20
+#: At most this many chunks per call, which bounds the compiled program's size.
+MAX_QUERY_CHUNKS = 8
+
+
 @keras.saving.register_keras_serializable(package="keras_deepvit")
 class MultiHeadSelfAttention(keras.layers.Layer):
     """Multi-head self-attention as in ViT: one fused `qkv` projection, then `proj`.
@@ -133,15 +139,36 @@ class MultiHeadSelfAttention(keras.layers.Layer):
     def attention_maps(self, q, k, query_scale=None):
         """Softmax attention `(batch, heads, q, k)` from `(batch, heads, tokens, head_dim)`.
 
-        The logits are `q k^T * self.scale`; with `query_scale`, `q` and `k` are
-        each multiplied by it instead (Refiner-ViT's official order).
+        The logits are `(q * self.scale) k^T` (the official `q k^T * scale` up to
+        float32 rounding); with `query_scale`, `q` and `k` are each multiplied by
+        it instead (Refiner-ViT's official order).
         """
         if query_scale is None:
-            logits = wide_matmul.matmul(q, ops.swapaxes(k, -1, -2)) * ops.cast(self.scale, q.dtype)
+            # Scaling `q` rather than the logits saves a pass over the `N x N` maps
+            # (under XLA:CPU's YNNPACK fusions also a broadcast of the scale to that size).
+            logits = wide_matmul.matmul(q * ops.cast(self.scale, q.dtype), ops.swapaxes(k, -1, -2))
         else:
             root = ops.cast(query_scale, q.dtype)
             logits = wide_matmul.matmul(q * root, ops.swapaxes(k * root, -1, -2))
-        return ops.cast(ops.softmax(ops.cast(logits, "float32"), axis=-1), q.dtype)
+        return ops.cast(map_ops.softmax(ops.cast(logits, "float32")), q.dtype)
+
+    def query_chunks(self, q, k):
+        """In how many query chunks plain attention runs: 1 unless JAX compiles it for a CPU.
+
+        Each map row depends on its own query only, so chunks of queries give the
+        same numbers. XLA:CPU under JAX (jaxlib 0.10) ran PiT's first-stage
+        attention (730 tokens) 1.3-1.7x faster in chunks of maps of about
+        `CHUNK_BYTES` than as one `B x H x N x N` tensor; TensorFlow's XLA gained
+        nothing, so it keeps one.
+        """
+        if keras.backend.backend() != "jax" or not map_ops.xla_on_cpu():
+            return 1
+        batch, heads, queries, _ = q.shape
+        tokens = k.shape[2]
+        if None in (batch, queries, tokens):
+            return 1
+        map_bytes = batch * heads * queries * tokens * 4
+        return int(min(MAX_QUERY_CHUNKS, -(-map_bytes // CHUNK_BYTES), queries))
 
     def attend(self, attention, v):
         """`attention @ v` with heads merged back: `(batch, tokens, dim)`."""
@@ -166,6 +193,14 @@ class MultiHeadSelfAttention(keras.layers.Layer):
             out = ops.dot_product_attention(*heads_last, scale=self.scale)
             out = ops.reshape(out, (-1, ops.shape(out)[1], self.dim))
             return self.output_projection(out, training=training)
+        chunks = self.query_chunks(q, k) if use_fused else 1
+        if chunks > 1:
+            rows = -(-ops.shape(q)[2] // chunks)
+            parts = [
+                self.attend(self.attention_maps(q[:, :, start : start + rows], k), v)
+                for start in range(0, ops.shape(q)[2], rows)
+            ]
+            return self.output_projection(ops.concatenate(parts, axis=1), training=training)
         attention = self.attention_maps(q, k)
         attention = self.attn_drop(attention, training=training)
         attention = self.transform_attention(attention, training=training)
