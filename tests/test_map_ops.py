@@ -225,7 +225,8 @@ def test_fused_training_batch_norm_equals_keras_batch_norm(axis, shape):
 
 
 def test_softmax_and_its_gradient_equal_keras_softmax():
-    logits = keras.Variable(RNG.normal(size=(2, 3, 5, 7)).astype("float32") * 3)
+    values = RNG.normal(size=(2, 3, 5, 7)).astype("float32") * 3
+    logits = keras.Variable(values)
     upstream = RNG.normal(size=(2, 3, 5, 7)).astype("float32")
 
     def loss(softmax):
@@ -235,7 +236,6 @@ def test_softmax_and_its_gradient_equal_keras_softmax():
     actual_loss, (actual,) = gradients(loss(map_ops.softmax), [logits])
     np.testing.assert_allclose(actual_loss, expected_loss, rtol=1e-6)
     np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-6)
-    values = to_numpy(logits.value)
     np.testing.assert_allclose(
         to_numpy(map_ops.softmax(values)), to_numpy(ops.softmax(values, axis=-1)), atol=1e-7
     )
