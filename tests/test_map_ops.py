@@ -230,7 +230,7 @@ def test_softmax_and_its_gradient_equal_keras_softmax():
     upstream = RNG.normal(size=(2, 3, 5, 7)).astype("float32")
 
     def loss(softmax):
-        return lambda: ops.sum(softmax(logits) * upstream)
+        return lambda: ops.sum(softmax(logits) * ops.convert_to_tensor(upstream))
 
     expected_loss, (expected,) = gradients(loss(lambda x: ops.softmax(x, axis=-1)), [logits])
     actual_loss, (actual,) = gradients(loss(map_ops.softmax), [logits])
