@@ -15,10 +15,35 @@ from keras_deepvit.layers.dense import Dense
 BACKEND = keras.backend.backend()
 
 
+#: Backends with a wide form (TensorFlow's only inside functions XLA compiles).
+WIDE_BACKENDS = ("jax", "tensorflow")
+
+
 @pytest.fixture
 def wide_path(monkeypatch):
-    """Forces the wide form (where the backend has one), whatever this machine prefers."""
-    monkeypatch.setattr(wide_matmul, "prefers_wide_accumulator", lambda: BACKEND == "jax")
+    """Forces the wide form where the backend has one, whatever this machine prefers."""
+    monkeypatch.setattr(
+        wide_matmul, "prefers_wide_accumulator",
+        lambda: BACKEND == "jax" or (BACKEND == "tensorflow" and wide_matmul._tensorflow_compiles_with_xla()),
+    )
+
+
+def _compiled(function):
+    """`function` in a TensorFlow function compiled by XLA (where its wide form lives); as is elsewhere."""
+    if BACKEND != "tensorflow":
+        return function
+    import tensorflow as tf
+
+    return tf.function(function, jit_compile=True)
+
+
+def _in_compiled_function(question):
+    """`question()` asked while a TensorFlow function is traced for XLA; directly elsewhere."""
+    if BACKEND != "tensorflow":
+        return question()
+    answers = []
+    _compiled(lambda: answers.append(question()) or 0)()
+    return answers[0]
 
 
 def _rounded(x):
@@ -36,10 +61,13 @@ def _gradients(function, a, b):
     elif BACKEND == "tensorflow":
         import tensorflow as tf
 
-        with tf.GradientTape() as tape:
-            tape.watch([a, b])
-            loss = ops.sum(ops.cast(function(a, b) * weights, "float32"))
-        grads = tape.gradient(loss, [a, b])
+        def tape_gradients(a, b):
+            with tf.GradientTape() as tape:
+                tape.watch([a, b])
+                loss = ops.sum(ops.cast(function(a, b) * weights, "float32"))
+            return tape.gradient(loss, [a, b])
+
+        grads = _compiled(tape_gradients)(a, b)
     else:
         import torch
 
@@ -54,7 +82,7 @@ def test_values_and_gradients_equal_keras_matmul(wide_path, b_shape):
     rng = np.random.default_rng(0)
     a = ops.cast(rng.normal(size=(2, 3, 6, 8)), "bfloat16")
     b = ops.cast(rng.normal(size=b_shape), "bfloat16")
-    actual = wide_matmul.matmul(a, b)
+    actual = _compiled(wide_matmul.matmul)(a, b)
     assert keras.backend.standardize_dtype(actual.dtype) == "bfloat16"
     # The product of the bfloat16 inputs, accumulated in float32, rounded once.
     exact = _rounded(ops.matmul(ops.cast(a, "float32"), ops.cast(b, "float32")))
@@ -82,7 +110,7 @@ def test_dense_matches_keras_dense_and_round_trips(wide_path):
     theirs.build(x.shape)
     theirs.set_weights(ours.get_weights())
     np.testing.assert_allclose(
-        ops.convert_to_numpy(ops.cast(ours(x), "float32")),
+        ops.convert_to_numpy(ops.cast(_compiled(ours)(x), "float32")),
         ops.convert_to_numpy(ops.cast(theirs(x), "float32")), rtol=2e-2, atol=2e-2,
     )
     clone = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(ours))
@@ -95,25 +123,40 @@ def test_preference_is_measured_once_and_cached(monkeypatch, tmp_path):
     calls = []
     monkeypatch.setattr(wide_matmul, "_time_both_forms", lambda backend: calls.append(backend) or (2.0, 1.0))
     try:
-        answer = wide_matmul.prefers_wide_accumulator()
-        if BACKEND != "jax":
-            assert answer is False and not calls  # the wide form is JAX's (see the module)
+        if BACKEND == "tensorflow":
+            # Eager and graph-mode TensorFlow keep Keras' matmul without a probe.
+            assert wide_matmul.prefers_wide_accumulator() is False and not calls
+        answer = _in_compiled_function(wide_matmul.prefers_wide_accumulator)
+        if BACKEND not in WIDE_BACKENDS:
+            assert answer is False and not calls  # PyTorch's bfloat16 GEMM is wide already
             return
         if wide_matmul._has_gpu(BACKEND):
             pytest.skip("GPUs keep keras.ops.matmul; the probe runs on CPUs only")
         assert answer is True and calls == [BACKEND]
         facts = json.loads((tmp_path / "keras_deepvit" / "machine_facts.json").read_text())
-        (entry,) = facts.values()
+        (key, entry), = facts.items()
+        assert key.endswith(f"| {BACKEND} {_framework_version()}")
         assert entry == {"bfloat16_out_s": 2.0, "float32_out_s": 1.0, "wide": True}
         wide_matmul._measured_preference.cache_clear()  # a new process reads the file
-        assert wide_matmul.prefers_wide_accumulator() is True and calls == [BACKEND]
+        assert _in_compiled_function(wide_matmul.prefers_wide_accumulator) is True
+        assert calls == [BACKEND]
     finally:
         wide_matmul._measured_preference.cache_clear()
 
 
+def _framework_version():
+    if BACKEND == "jax":
+        import jax
+
+        return jax.__version__
+    import tensorflow as tf
+
+    return tf.__version__
+
+
 def test_a_broken_cache_file_is_measured_again(monkeypatch, tmp_path):
-    if BACKEND != "jax":
-        pytest.skip("the probe is JAX's (tested above)")
+    if BACKEND not in WIDE_BACKENDS:
+        pytest.skip("the PyTorch backend has no probe (tested above)")
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
     (tmp_path / "keras_deepvit").mkdir()
     (tmp_path / "keras_deepvit" / "machine_facts.json").write_text("{half a fi")
@@ -127,7 +170,22 @@ def test_a_broken_cache_file_is_measured_again(monkeypatch, tmp_path):
 
 
 def test_the_real_probe_times_both_forms():
-    if BACKEND != "jax":
-        pytest.skip("the probe is JAX's")
+    if BACKEND not in WIDE_BACKENDS:
+        pytest.skip("the PyTorch backend has no probe")
     narrow, wide = wide_matmul._time_both_forms(BACKEND)
     assert narrow > 0 and wide > 0
+
+
+def test_tensorflow_takes_the_wide_product_only_under_xla(wide_path):
+    if BACKEND != "tensorflow":
+        pytest.skip("TensorFlow's choice between its compiled and graph functions")
+    import tensorflow as tf
+
+    a, b = tf.ones((2, 4, 8), tf.bfloat16), tf.ones((8, 3), tf.bfloat16)
+
+    def wide_products(jit_compile):
+        graph = tf.function(wide_matmul.matmul, jit_compile=jit_compile).get_concrete_function(a, b).graph
+        return [op for op in graph.get_operations() if op.type == "BatchMatMulV3" and op.get_attr("Tout") == tf.float32]
+
+    assert wide_products(jit_compile=True)
+    assert not wide_products(jit_compile=False)

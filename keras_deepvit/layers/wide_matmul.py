@@ -3,17 +3,19 @@
 Under `mixed_bfloat16` every dense layer and attention product multiplies bfloat16
 tensors. XLA:CPU runs a bfloat16 x bfloat16 -> bfloat16 dot through a slow generic
 path, while the same dot asked for a float32 result goes to the CPU's bfloat16 GEMM
-(AVX512-BF16 / AMX). On JAX, `matmul` asks for that float32 result and rounds it to
-bfloat16 once, in the forward pass and in both gradient products, so the numbers are the product of the bfloat16 inputs accumulated
-in float32, as PyTorch's autocast computes them.
+(AVX512-BF16 / AMX). `matmul` asks for that float32 result and rounds it to bfloat16
+once, in the forward pass and in both gradient products, so the numbers are the
+product of the bfloat16 inputs accumulated in float32, as PyTorch's autocast computes
+them. It does so on JAX's CPU and in TensorFlow functions compiled with XLA for a CPU
+(`jit_compile=True`; TensorFlow's `BatchMatMulV3` with a float32 result has a kernel
+under XLA only, so its graph and eager modes keep `keras.ops.matmul`, whose oneDNN
+bfloat16 GEMM is fast there).
 
 Whether the wide form is faster is a fact of the machine, not of its name: the first
 bfloat16 matmul of a process times both forms on a small GEMM
 (`prefers_wide_accumulator`) and caches the answer under `$KERAS_HOME/keras_deepvit/`
-for this CPU and JAX version. GPUs and the PyTorch backend (whose bfloat16 GEMM
-already accumulates in float32) keep `keras.ops.matmul`. So does TensorFlow: its
-bfloat16 -> float32 product (`BatchMatMulV3` with `Tout=float32`) has a kernel under
-XLA only, and a layer cannot tell whether the function calling it will be compiled.
+for this CPU and backend version. GPUs and the PyTorch backend (whose bfloat16 GEMM
+already accumulates in float32) keep `keras.ops.matmul`.
 """
 
 import functools
@@ -32,7 +34,7 @@ _LOCK = threading.Lock()
 
 
 def matmul(a, b):
-    """`keras.ops.matmul(a, b)`; for bfloat16 inputs on JAX's CPU, accumulated in float32.
+    """`keras.ops.matmul(a, b)`; for bfloat16 inputs under XLA on a CPU, accumulated in float32.
 
     `b` is either a matrix (a dense kernel, broadcast over `a`'s leading axes) or has
     the same batch axes as `a`.
@@ -47,7 +49,9 @@ def matmul(a, b):
         return ops.matmul(a, b)
     # Variables (a dense kernel, autocast to bfloat16 in a layer's call) as tensors.
     a, b = ops.convert_to_tensor(a), ops.convert_to_tensor(b)
-    return _jax_wide_matmul()(a, b)
+    if keras.backend.backend() == "jax":
+        return _jax_wide_matmul()(a, b)
+    return _tensorflow_wide_matmul()(a, b)
 
 
 def bfloat16_pair(a, b):
@@ -66,22 +70,41 @@ def bfloat16_pair(a, b):
 def prefers_wide_accumulator():
     """True if bfloat16 matmuls with a float32 result are faster here (measured, cached).
 
-    Always False on TensorFlow, on the PyTorch backend and on GPUs.
+    JAX on a CPU, and TensorFlow while tracing a function that XLA compiles for
+    a CPU: the probe's answer. Always False on the PyTorch backend, on GPUs and
+    in TensorFlow's graph and eager modes.
 
     Example:
     >>> isinstance(prefers_wide_accumulator(), bool)
     True
     """
     backend = keras.backend.backend()
-    if backend != "jax" or _has_gpu(backend):
+    if backend == "jax":
+        return not _has_gpu(backend) and _measured_preference(backend)
+    if backend == "tensorflow":
+        return _tensorflow_compiles_with_xla() and not _has_gpu(backend) and _measured_preference(backend)
+    return False
+
+
+def _tensorflow_compiles_with_xla():
+    """Whether the function being traced is compiled by XLA (`jit_compile=True`)."""
+    import tensorflow as tf
+    from tensorflow.python.ops import control_flow_util
+
+    if tf.executing_eagerly():
         return False
-    return _measured_preference(backend)
+    return control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
 
 
+@functools.lru_cache(maxsize=None)
 def _has_gpu(backend):
-    import jax
+    if backend == "jax":
+        import jax
 
-    return jax.default_backend() != "cpu"
+        return jax.default_backend() != "cpu"
+    import tensorflow as tf
+
+    return bool(tf.config.list_logical_devices("GPU"))
 
 
 @functools.lru_cache(maxsize=None)
@@ -98,9 +121,11 @@ def _measured_preference(backend):
 
 
 def _machine_key(backend):
-    import jax
-
-    return f"{_cpu_description()} | {backend} {jax.__version__}"
+    if backend == "jax":
+        import jax as framework
+    else:
+        import tensorflow as framework
+    return f"{_cpu_description()} | {backend} {framework.__version__}"
 
 
 def _cpu_description():
@@ -158,7 +183,9 @@ def _best_of(run, repeats=5):
 
 
 def _time_both_forms(backend):
-    """Seconds of one probe GEMM as bfloat16 -> bfloat16 and as bfloat16 -> float32 (JAX)."""
+    """Seconds of one probe GEMM as bfloat16 -> bfloat16 and as bfloat16 -> float32."""
+    if backend == "tensorflow":
+        return _time_both_tensorflow_forms()
     import jax
     import jax.numpy as jnp
 
@@ -172,6 +199,27 @@ def _time_both_forms(backend):
             _best_of(lambda: narrow(x, x).block_until_ready()),
             _best_of(lambda: wide(x, x).block_until_ready()),
         )
+
+
+def _time_both_tensorflow_forms():
+    import tensorflow as tf
+
+    # Out of the function being traced: both forms run, compiled by XLA, on real tensors.
+    with tf.init_scope():
+        x = tf.ones((PROBE_SIZE, PROBE_SIZE), tf.bfloat16)
+        narrow = tf.function(lambda p, q: tf.matmul(p, q), jit_compile=True)
+        wide = tf.function(lambda p, q: _tensorflow_product(p, q), jit_compile=True)
+        return (
+            _best_of(lambda: narrow(x, x).numpy()),
+            _best_of(lambda: wide(x, x).numpy()),
+        )
+
+
+def _tensorflow_product(p, q, adj_x=False, adj_y=False):
+    import tensorflow as tf
+
+    wide = tf.raw_ops.BatchMatMulV3(x=p, y=q, Tout=tf.float32, adj_x=adj_x, adj_y=adj_y)
+    return tf.cast(wide, tf.bfloat16)
 
 
 def _weight_gradient_2d(a, upstream, product):
@@ -208,4 +256,24 @@ def _jax_wide_matmul():
         return grad_a, grad_b
 
     wide.defvjp(forward, backward)
+    return wide
+
+
+@functools.lru_cache(maxsize=None)
+def _tensorflow_wide_matmul():
+    import tensorflow as tf
+
+    @tf.custom_gradient
+    def wide(a, b):
+        def gradient(upstream):
+            upstream = tf.cast(upstream, tf.bfloat16)
+            grad_a = _tensorflow_product(upstream, b, adj_y=True)
+            if len(b.shape) == 2:
+                grad_b = _weight_gradient_2d(a, upstream, _tensorflow_product)
+            else:
+                grad_b = _tensorflow_product(a, upstream, adj_x=True)
+            return grad_a, grad_b
+
+        return _tensorflow_product(a, b), gradient
+
     return wide
