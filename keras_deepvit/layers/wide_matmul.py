@@ -89,11 +89,14 @@ def prefers_wide_accumulator():
 def _tensorflow_compiles_with_xla():
     """Whether the function being traced is compiled by XLA (`jit_compile=True`)."""
     import tensorflow as tf
-    from tensorflow.python.ops import control_flow_util
 
     if tf.executing_eagerly():
         return False
-    return control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
+    try:  # TensorFlow's own test of the XLA context; no public API says it.
+        from tensorflow.python.ops import control_flow_util
+    except ImportError:
+        return False  # A TensorFlow without it keeps Keras' matmul: slower, never wrong.
+    return bool(control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph()))
 
 
 @functools.lru_cache(maxsize=None)
