@@ -157,9 +157,14 @@ class MultiHeadSelfAttention(keras.layers.Layer):
 
         Each map row depends on its own query only, so chunks of queries give the
         same numbers. XLA:CPU under JAX (jaxlib 0.10) ran PiT's first-stage
-        attention (730 tokens) 1.3-1.7x faster in chunks of maps of about
-        `CHUNK_BYTES` than as one `B x H x N x N` tensor; TensorFlow's XLA gained
-        nothing, so it keeps one.
+        attention (730 tokens) faster in chunks of maps of about `CHUNK_BYTES`
+        than as one `B x H x N x N` tensor; TensorFlow's XLA did not, so it keeps
+        one (measurements: docs/performance.md).
+
+        Example:
+        >>> layer = MultiHeadSelfAttention(num_heads=2)
+        >>> layer.query_chunks(keras.ops.zeros((1, 2, 5, 4)), keras.ops.zeros((1, 2, 5, 4)))
+        1
         """
         if keras.backend.backend() != "jax" or not map_ops.xla_on_cpu():
             return 1
