@@ -7,7 +7,8 @@ work channels-first and never transpose the big `B x C x N x N` tensor:
 
 - `mix_channels`: a 1x1 convolution over the channels as one batched matmul
   (the small kernel broadcast over the batch, so XLA emits a batched dot whose
-  output is already in place instead of a dot followed by a transpose);
+  output is already in place instead of a dot followed by a transpose; under
+  `mixed_bfloat16` on XLA:CPU, accumulated in float32 by `wide_matmul.matmul`);
 - `depthwise_conv_channels_first`: a depthwise convolution with symmetric zero
   padding. PyTorch runs its native NCHW convolution. XLA (JAX, TensorFlow with
   `jit_compile`) has no fast depthwise convolution on CPU (about 7x slower than
@@ -27,6 +28,8 @@ import functools
 
 import keras
 from keras import ops
+
+from keras_deepvit.layers import wide_matmul
 
 if keras.backend.backend() == "torch":
     import torch
@@ -153,7 +156,7 @@ def mix_channels(maps, kernel, addend=None):
         addend = addend.expand(addend.shape[0], out_channels, rows, cols)
         addend = addend.reshape(addend.shape[0], out_channels, rows * cols)
         return torch.baddbmm(addend, weights, flat).reshape(batch, out_channels, rows, cols)
-    out = ops.reshape(ops.matmul(weights, flat), (batch, out_channels, rows, cols))
+    out = ops.reshape(wide_matmul.matmul(weights, flat), (batch, out_channels, rows, cols))
     return out if addend is None else out + addend
 
 

@@ -19,6 +19,7 @@ import functools
 
 from keras import ops
 
+from keras_deepvit.layers import wide_matmul
 from keras_deepvit.layers.map_ops import (
     depthwise_conv_channels_first,
     depthwise_conv_channels_first_gradients,
@@ -117,7 +118,7 @@ def _mix_channels_gradients(maps, kernel, upstream):
     shape = ops.shape(maps)
     flat_maps = ops.reshape(maps, (shape[0], shape[1], -1))
     flat_upstream = ops.reshape(upstream, (shape[0], kernel.shape[-1], -1))
-    per_image = ops.matmul(flat_maps, ops.transpose(flat_upstream, (0, 2, 1)))
+    per_image = wide_matmul.matmul(flat_maps, ops.transpose(flat_upstream, (0, 2, 1)))
     d_kernel = ops.sum(ops.cast(per_image, "float32"), axis=0)
     return d_maps, ops.cast(d_kernel, kernel.dtype)
 
