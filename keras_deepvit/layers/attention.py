@@ -200,10 +200,11 @@ class MultiHeadSelfAttention(keras.layers.Layer):
             return self.output_projection(out, training=training)
         chunks = self.query_chunks(q, k) if use_fused else 1
         if chunks > 1:
-            rows = -(-ops.shape(q)[2] // chunks)
+            queries = ops.shape(q)[2]
+            rows = -(-queries // chunks)
             parts = [
                 self.attend(self.attention_maps(q[:, :, start : start + rows], k), v)
-                for start in range(0, ops.shape(q)[2], rows)
+                for start in range(0, queries, rows)
             ]
             return self.output_projection(ops.concatenate(parts, axis=1), training=training)
         attention = self.attention_maps(q, k)
