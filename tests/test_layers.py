@@ -86,7 +86,9 @@ def test_query_chunks_give_the_whole_attention_and_its_gradients(monkeypatch, ch
     monkeypatch.setattr(type(layer), "query_chunks", lambda self, q, k: chunks)
     np.testing.assert_allclose(to_numpy(layer(tokens)), whole_out, atol=1e-6)
     chunked_loss, chunked_grads = gradients(loss, layer.trainable_variables)
-    np.testing.assert_allclose(chunked_loss, whole_loss, rtol=1e-6)
+    # The loss is a sum with cancellation (about 1e-3 from terms of about 1): compare
+    # it on the scale of its terms.
+    np.testing.assert_allclose(chunked_loss, whole_loss, rtol=1e-5, atol=1e-7)
     for chunked, whole in zip(chunked_grads, whole_grads):
         np.testing.assert_allclose(chunked, whole, rtol=1e-5, atol=1e-6)
 

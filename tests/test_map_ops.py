@@ -239,3 +239,36 @@ def test_softmax_and_its_gradient_equal_keras_softmax():
     np.testing.assert_allclose(
         to_numpy(map_ops.softmax(values)), to_numpy(ops.softmax(values, axis=-1)), atol=1e-7
     )
+
+
+def test_unstack_gives_the_slices_and_their_gradient():
+    values = RNG.normal(size=(3, 2, 4, 5)).astype("float32")
+    stacked = keras.Variable(values)
+    weights = [RNG.normal(size=(2, 4, 5)).astype("float32") for _ in range(2)]
+
+    def loss(split):
+        # Two of the three slices: the unused one must get a zero gradient.
+        return lambda: sum(
+            ops.sum(part * ops.convert_to_tensor(w)) for part, w in zip(split(stacked)[1:], weights)
+        )
+
+    expected_loss, (expected,) = gradients(loss(lambda x: [x[i] for i in range(3)]), [stacked])
+    actual_loss, (actual,) = gradients(loss(map_ops.unstack), [stacked])
+    np.testing.assert_allclose(actual_loss, expected_loss, rtol=1e-6)
+    np.testing.assert_allclose(actual, expected, rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(to_numpy(actual)[0], 0.0)
+    for part, value in zip(map_ops.unstack(values), values):
+        np.testing.assert_array_equal(to_numpy(part), value)
+
+
+@pytest.mark.skipif(keras.backend.backend() != "jax", reason="JAX's custom gradient of unstack")
+def test_unstack_gradient_on_jax_is_one_stack_not_padded_copies():
+    import jax
+
+    def loss(x):
+        q, k, v = map_ops.unstack(x)
+        return (q * k * v).sum()
+
+    program = str(jax.make_jaxpr(jax.grad(loss))(np.ones((3, 2, 4), "float32")))
+    assert "concatenate" in program or "stack" in program
+    assert " pad" not in program and "pad[" not in program

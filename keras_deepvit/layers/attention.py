@@ -133,8 +133,8 @@ class MultiHeadSelfAttention(keras.layers.Layer):
         """
         tokens = ops.shape(x)[1]
         x = ops.reshape(x, (-1, tokens, parts, self.num_heads, self.head_dim))
-        x = ops.transpose(x, (2, 0, 3, 1, 4))
-        return [x[i] for i in range(parts)]
+        # `unstack`, not indexing: the `qkv` gradient is then one stack (see there).
+        return map_ops.unstack(ops.transpose(x, (2, 0, 3, 1, 4)))
 
     def attention_maps(self, q, k, query_scale=None):
         """Softmax attention `(batch, heads, q, k)` from `(batch, heads, tokens, head_dim)`.

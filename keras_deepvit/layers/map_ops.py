@@ -121,6 +121,46 @@ def _jax_softmax():
     return softmax_last_axis
 
 
+def unstack(x):
+    """The slices of `x` along its first axis, as a list; their gradient is one stack.
+
+    Indexing (`x[0], x[1], ...`) is differentiated slice by slice: each slice's
+    gradient is a zero-padded copy of the whole `x`, and the copies are summed.
+    For the `q, k, v` of an attention that made XLA:CPU write the `qkv`
+    gradient nine times over and then transpose it once per consumer. Here JAX
+    gets a custom gradient that stacks the slices' gradients, and TensorFlow and
+    PyTorch their own `unstack`/`unbind`, whose gradient is a stack already.
+
+    Example:
+    >>> import numpy as np
+    >>> [np.asarray(part).tolist() for part in unstack(np.array([[1.0, 2.0], [3.0, 4.0]], "float32"))]
+    [[1.0, 2.0], [3.0, 4.0]]
+    """
+    x = ops.convert_to_tensor(x)
+    if keras.backend.backend() == "jax":
+        return list(_jax_unstack()(x))
+    return list(ops.unstack(x, axis=0))
+
+
+@functools.lru_cache(maxsize=None)
+def _jax_unstack():
+    import jax
+    import jax.numpy as jnp
+
+    @jax.custom_vjp
+    def unstack_first_axis(x):
+        return tuple(x[i] for i in range(x.shape[0]))
+
+    def forward(x):
+        return unstack_first_axis(x), None
+
+    def backward(_, upstream):
+        return (jnp.stack(upstream),)
+
+    unstack_first_axis.defvjp(forward, backward)
+    return unstack_first_axis
+
+
 def mix_channels(maps, kernel, addend=None):
     """`out[b, d] = sum_c kernel[c, d] * maps[b, c] (+ addend)`: a 1x1 convolution over the channel axis.
 
