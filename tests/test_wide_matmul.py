@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from keras import ops
 
+from keras_deepvit import cpuinfo
 from keras_deepvit.layers import wide_matmul
 from keras_deepvit.layers.dense import Dense
 
@@ -135,7 +136,7 @@ def test_preference_is_measured_once_and_cached(monkeypatch, tmp_path):
         assert answer is True and calls == [BACKEND]
         facts = json.loads((tmp_path / "keras_deepvit" / "machine_facts.json").read_text())
         (key, entry), = facts.items()
-        assert key.endswith(f"| {BACKEND} {_framework_version()}")
+        assert key == f"{cpuinfo.cpu_identity()} | {BACKEND} {_framework_version()}"
         assert entry == {"bfloat16_out_s": 2.0, "float32_out_s": 1.0, "wide": True}
         wide_matmul._measured_preference.cache_clear()  # a new process reads the file
         assert _in_compiled_function(wide_matmul.prefers_wide_accumulator) is True

@@ -17,6 +17,7 @@ import tempfile
 import time
 
 from keras_deepvit.benchmark.table import COLUMNS, format_table, summarize
+from keras_deepvit.cpuinfo import cpu_flags, cpu_model, read_cpuinfo
 
 DEFAULT_MODELS = ("pit_s", "deepvit_s", "refiner_s")
 BACKENDS = ("tensorflow", "jax", "torch")
@@ -99,54 +100,8 @@ def add_arguments(parser):
     return parser
 
 
-#: CPU features that decide which kernels the frameworks' CPU code uses (oneDNN,
-#: XLA:CPU): a result measured on an AVX2 EPYC says little about an AVX-512/AMX Xeon.
-CPU_FLAGS = ("avx512f", "avx512_bf16", "amx_bf16", "avx2", "fma")
-
-
-def cpu_flags(cpuinfo_text):
-    """`{flag: present}` for `CPU_FLAGS`, from the text of /proc/cpuinfo.
-
-    Example:
-    >>> cpu_flags("flags : fpu avx2 fma")["avx2"], cpu_flags("flags : fpu avx2 fma")["avx512f"]
-    (True, False)
-    """
-    present = set()
-    for line in cpuinfo_text.splitlines():
-        if line.startswith("flags"):
-            present.update(line.split(":", 1)[1].split())
-    return {flag: flag in present for flag in CPU_FLAGS}
-
-
-def cpu_model(cpuinfo_text):
-    """The first CPU's model name with its family and model numbers, from /proc/cpuinfo.
-
-    Virtual machines often report a bare name ("AMD EPYC"); the family and model
-    tell the generation apart (AMD family 23: Zen 1/2, 25: Zen 3/4), and with it
-    the GEMM peak and the memory bandwidth the ratios depend on.
-
-    Example:
-    >>> cpu_model("model name : AMD EPYC\ncpu family : 25\nmodel : 1\nflags : avx2")
-    'AMD EPYC (family 25, model 1)'
-    """
-    fields = {}
-    for line in cpuinfo_text.splitlines():
-        key, _, value = line.partition(":")
-        key = key.strip()
-        if key in ("model name", "cpu family", "model") and key not in fields:
-            fields[key] = value.strip()
-        if not line.strip() and fields:
-            break
-    name = fields.get("model name")
-    if name is None:
-        return None
-    if "cpu family" in fields and "model" in fields:
-        return f"{name} (family {fields['cpu family']}, model {fields['model']})"
-    return name
-
-
 def machine_header(machine, image_size=None):
-    """The line above a results table: CPU model, its `CPU_FLAGS` (+ present, - absent), input size.
+    """The line above a results table: CPU model, its `keras_deepvit.cpuinfo.CPU_FLAGS` (+ present, - absent), input size.
 
     Example:
     >>> machine_header({"cpu": "EPYC", "cores": 2, "cpu_flags": {"avx2": True, "avx512f": False}}, 448)
@@ -164,13 +119,10 @@ def machine_info():
 
     cpu = platform.processor() or platform.machine()
     flags = None
-    try:
-        with open("/proc/cpuinfo") as f:
-            text = f.read()
+    text = read_cpuinfo()
+    if text is not None:
         flags = cpu_flags(text)
         cpu = cpu_model(text) or cpu
-    except OSError:
-        pass
     versions = {}
     for package in ("keras", "tensorflow", "tensorflow-cpu", "jax", "jaxlib", "torch", "numpy"):
         try:

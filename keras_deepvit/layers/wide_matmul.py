@@ -27,6 +27,8 @@ import time
 import keras
 from keras import ops
 
+from keras_deepvit.cpuinfo import cpu_identity
+
 #: Square size of the probe GEMM: large enough to reach the GEMM kernels' speed,
 #: small enough that the probe costs well under a second.
 PROBE_SIZE = 512
@@ -128,25 +130,7 @@ def _machine_key(backend):
         import jax as framework
     else:
         import tensorflow as framework
-    return f"{_cpu_description()} | {backend} {framework.__version__}"
-
-
-def _cpu_description():
-    """The first CPU's name, family, model and bfloat16 flags (/proc/cpuinfo), or its platform name."""
-    import platform
-
-    try:
-        with open("/proc/cpuinfo") as file:
-            first = file.read().split("\n\n", 1)[0]
-    except OSError:
-        return platform.processor() or platform.machine()
-    fields = {}
-    for line in first.splitlines():
-        key, _, value = line.partition(":")
-        fields.setdefault(key.strip(), value.strip())
-    flags = set(fields.get("flags", "").split())
-    bf16 = ",".join(f for f in ("avx512_bf16", "amx_bf16") if f in flags) or "no-bf16-flags"
-    return f"{fields.get('model name', platform.machine())} ({fields.get('cpu family')}/{fields.get('model')}; {bf16})"
+    return f"{cpu_identity()} | {backend} {framework.__version__}"
 
 
 def _cache_path():
