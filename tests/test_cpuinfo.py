@@ -37,3 +37,10 @@ def test_read_cpuinfo_returns_none_for_a_missing_file(tmp_path):
     assert cpuinfo.read_cpuinfo(str(tmp_path / "absent")) is None
     (tmp_path / "cpuinfo").write_text(XEON)
     assert cpuinfo.read_cpuinfo(str(tmp_path / "cpuinfo")) == XEON
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    result = doctest.testmod(cpuinfo)
+    assert result.attempted >= 4 and result.failed == 0
