@@ -101,7 +101,7 @@ def add_arguments(parser):
 
 
 def machine_header(machine, image_size=None):
-    """The line above a results table: CPU model, its `keras_deepvit.cpuinfo.CPU_FLAGS` (+ present, - absent), input size.
+    """The line above a results table: CPU model, its `cpuinfo.CPU_FLAGS` (+ present, - absent), input size.
 
     Example:
     >>> machine_header({"cpu": "EPYC", "cores": 2, "cpu_flags": {"avx2": True, "avx512f": False}}, 448)
