@@ -50,3 +50,13 @@ def pytest_terminal_summary(terminalreporter):
         for module, (count, whole, reason) in sorted(missing.items()):
             what = "whole module" if whole else f"{count} test(s)"
             terminalreporter.line(f"{module} ({what}): {reason}")
+
+
+def pytest_collection_modifyitems(items):
+    """Starts the tests marked `long_running` first (stable order otherwise).
+
+    pytest-xdist hands tests out in collection order, so a 60-120 s test collected
+    last (the training modules sort late) kept its worker busy while the others sat
+    idle at the end of a pass. Started first, it overlaps the many short tests.
+    """
+    items.sort(key=lambda item: item.get_closest_marker("long_running") is None)

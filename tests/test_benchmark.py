@@ -29,6 +29,7 @@ def tiny_job(**kwargs):
     return runner.run_benchmark(**options)
 
 
+@pytest.mark.long_running
 def test_tiny_job_in_process_times_every_contestant():
     # Training with rematerialised blocks (the --remat option) on the PyTorch backend;
     # under XLA it only doubles the compile time of this test, and remat's training step

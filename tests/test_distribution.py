@@ -99,6 +99,7 @@ def free_port():
         return sock.getsockname()[1]
 
 
+@pytest.mark.long_running
 @only_jax
 def test_jax_data_parallel_two_devices_matches_one_device(tmp_path):
     out = tmp_path / "data_parallel.npz"
@@ -117,6 +118,7 @@ def test_jax_data_parallel_two_devices_matches_one_device(tmp_path):
     )
 
 
+@pytest.mark.long_running
 @only_jax
 def test_jax_two_processes_match_one_process(tmp_path):
     port = free_port()
@@ -138,6 +140,7 @@ def test_jax_two_processes_match_one_process(tmp_path):
     assert_all_close(numbered(second, "weights"), numbered(first, "weights"))
 
 
+@pytest.mark.long_running
 @only_tensorflow
 def test_tensorflow_mirrored_two_devices(tmp_path):
     out = tmp_path / "mirrored.npz"

@@ -60,6 +60,7 @@ def images(batch, seed=0):
     return np.random.default_rng(seed).integers(0, 256, (batch, 32, 32, 3)).astype("uint8")
 
 
+@pytest.mark.long_running
 @pytest.mark.parametrize("family", ["deepvit", "refiner", "pit"])
 def test_folded_inference_model_matches_the_model(family):
     model = randomise_batch_norms(tiny(family, drop_path_rate=0.2))
@@ -106,6 +107,7 @@ def test_folded_layers_serialize_and_match(layer_cls, kwargs, shape):
     assert rel_l2(first(unfolded(x, training=False)), expected) < 1e-6
 
 
+@pytest.mark.long_running
 def test_mixed_bfloat16_model_exports_a_float32_twin():
     model = tiny("refiner", dtype="mixed_bfloat16")
     compile_for_training(model, optimizer=keras.optimizers.SGD(1e-2), loss="categorical_crossentropy")
@@ -217,6 +219,8 @@ def served(tmp_path_factory):
 
 
 @pytest.mark.skipif(BACKEND == "torch", reason="tf_saved_model exports from TensorFlow and JAX")
+@pytest.mark.long_running
+@pytest.mark.xdist_group("served")  # one export of the module fixture, on one worker
 def test_saved_model_is_served_by_tensorflow_without_keras_deepvit(served):
     assert served["keras_deepvit_imported"] == []
     keys = [f"tf_saved_model{kind}_{batch}" for kind in ("", "_float32") for batch in (1, 7)]
@@ -224,6 +228,8 @@ def test_saved_model_is_served_by_tensorflow_without_keras_deepvit(served):
 
 
 @pytest.mark.skipif(BACKEND == "torch", reason="onnx exports from TensorFlow and JAX")
+@pytest.mark.long_running
+@pytest.mark.xdist_group("served")  # one export of the module fixture, on one worker
 def test_onnx_is_served_by_onnxruntime(served):
     if BACKEND == "jax" and not SLOW:
         pytest.skip("ONNX from JAX takes ~90 s (jax2onnx): set KERAS_DEEPVIT_SLOW_EXPORT_TESTS=1")
@@ -231,11 +237,15 @@ def test_onnx_is_served_by_onnxruntime(served):
 
 
 @pytest.mark.skipif(BACKEND != "tensorflow", reason="litert exports from the TensorFlow backend")
+@pytest.mark.long_running
+@pytest.mark.xdist_group("served")  # one export of the module fixture, on one worker
 def test_litert_is_served_without_flex_ops(served):
     assert served["litert_ops"] and not [op for op in served["litert_ops"] if "Flex" in op]
     assert served["litert_1"] <= 1e-4 and served["litert_7"] <= 1e-4, served
 
 
+@pytest.mark.long_running
+@pytest.mark.xdist_group("served")  # one export of the module fixture, on one worker
 def test_benchmark_exported_contestants_yield_rows(served):
     """`--exported`: one export (ONNX, the costlier route) timed end to end, and the
     SavedModel contestant on the served fixture's artifact (exporting it again costs 20 s)."""

@@ -82,6 +82,7 @@ def pit_ti_checkpoint(tmp_path_factory):
     return path.read_bytes(), state, images, to_numpy(donor(images))
 
 
+@pytest.mark.long_running
 def test_imagenet_downloads_converts_caches_and_reuses(server, pit_ti_checkpoint, tmp_path, monkeypatch):
     base, handler = server
     body, state, images, expected = pit_ti_checkpoint

@@ -19,6 +19,7 @@ def train_one_step(model):
     return float(np.asarray(loss).reshape(-1)[0]), [to_numpy(v) for v in model.weights]
 
 
+@pytest.mark.long_running
 @pytest.mark.parametrize("family", sorted(SMALL))
 def test_remat_changes_nothing_but_memory(family):
     keras.utils.set_random_seed(3)
@@ -74,6 +75,7 @@ def count_block_runs(model, run):
     return len(calls)
 
 
+@pytest.mark.long_running
 @pytest.mark.skipif(keras.backend.backend() != "jax", reason="XLA buffer assignment: JAX only")
 def test_remat_lowers_jax_compiled_training_memory():
     # XLA:CPU undid jax.checkpoint (its barrier is expanded before scheduling): the

@@ -63,6 +63,7 @@ def _step_and_predict(build, weights, jit_compile, images, labels):
     return loss, model.get_weights(), model.predict(images, verbose=0)
 
 
+@pytest.mark.long_running
 @pytest.mark.parametrize(
     "family",
     ["deepvit_cnn_stem", pytest.param("refiner_vit", marks=SLOW), pytest.param("pit", marks=SLOW)],

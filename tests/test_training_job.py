@@ -68,6 +68,7 @@ def _logged_epochs(output):
         return [int(row["epoch"]) for row in csv.DictReader(handle)]
 
 
+@pytest.mark.long_running
 @pytest.mark.skipif(
     keras.backend.backend() != "tensorflow",
     reason="runs once per suite, in the KERAS_BACKEND=tensorflow pass (two training processes; "

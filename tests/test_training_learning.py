@@ -33,6 +33,7 @@ FAMILIES = {
 }
 
 
+@pytest.mark.long_running
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_each_family_learns_the_digits(family):
     common = dict(image_size=SIZE, batch_size=BATCH, one_hot=True, seed=0)
