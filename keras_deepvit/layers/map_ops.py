@@ -29,7 +29,7 @@ import functools
 import keras
 from keras import ops
 
-from keras_deepvit.layers import wide_matmul
+from keras_deepvit.layers import half_arithmetic, wide_matmul
 
 if keras.backend.backend() == "torch":
     import torch
@@ -236,7 +236,10 @@ def depthwise_conv_channels_first(maps, kernel, bias=None):
         return _torch_eager_conv2d(
             maps, weights, bias, padding=size // 2, groups=maps.shape[1]
         )
-    maps = ops.convert_to_tensor(maps)
+    return half_arithmetic.in_float32(_same_depthwise_xla, ops.convert_to_tensor(maps), kernel, bias)
+
+
+def _same_depthwise_xla(maps, kernel, bias):
     out = _same_depthwise_shifted_sum(maps, ops.cast(kernel, maps.dtype))
     return out if bias is None else out + ops.cast(bias, out.dtype)[None, :, None, None]
 
@@ -341,7 +344,10 @@ def depthwise_conv_valid(inputs, kernel, strides=1, data_format="channels_last")
         strides = (strides, strides) if isinstance(strides, int) else tuple(strides)
         outputs = _torch_eager_conv2d(inputs, weights, stride=strides, groups=channels)
         return outputs.permute(0, 2, 3, 1) if data_format == "channels_last" else outputs
-    return _shifted_sum(inputs, kernel, strides, data_format == "channels_first")
+    return half_arithmetic.in_float32(
+        lambda x: _shifted_sum(x, ops.cast(kernel, x.dtype), strides, data_format == "channels_first"),
+        ops.convert_to_tensor(inputs),
+    )
 
 
 def _shifted_sum(inputs, kernel, stride, channels_first):
@@ -427,7 +433,11 @@ def conv_valid(inputs, kernel, strides=1, differentiated=False):
         or None in tuple(inputs.shape[1:3])
         or not (patchify or differentiated)
     ):
-        return ops.conv(inputs, kernel, strides=strides, padding="valid")
+        # XLA:CPU has no fast half-precision convolution (see `half_arithmetic`).
+        return half_arithmetic.in_float32(
+            lambda x: ops.conv(x, ops.cast(kernel, x.dtype), strides=strides, padding="valid"),
+            ops.convert_to_tensor(inputs),
+        )
     rows = (inputs.shape[1] - kh) // strides[0] + 1
     cols = (inputs.shape[2] - kw) // strides[1] + 1
     if patchify:
@@ -447,7 +457,7 @@ def conv_valid(inputs, kernel, strides=1, differentiated=False):
             axis=-1,
         )
     # Patch features are ordered (tap row, tap column, channel): the kernel's own order.
-    return ops.matmul(patches, ops.reshape(kernel, (kh * kw * in_channels, out_channels)))
+    return wide_matmul.matmul(patches, ops.reshape(kernel, (kh * kw * in_channels, out_channels)))
 
 
 def _torch_conv_valid(inputs, kernel, strides):
