@@ -86,6 +86,25 @@ def compiled(fn):
     return fn
 
 
+def xla_compiled_on_tensorflow(function):
+    """`function` in a TensorFlow function compiled by XLA (where the XLA-only forms of
+    `wide_matmul` and `half_arithmetic` live); as it is on the other backends."""
+    if keras.backend.backend() != "tensorflow":
+        return function
+    import tensorflow as tf
+
+    return tf.function(function, jit_compile=True)
+
+
+def asked_while_tracing_for_xla(question):
+    """`question()` asked while a TensorFlow function is traced for XLA; directly elsewhere."""
+    if keras.backend.backend() != "tensorflow":
+        return question()
+    answers = []
+    xla_compiled_on_tensorflow(lambda: answers.append(question()) or 0)()
+    return answers[0]
+
+
 def gradients(loss_fn, variables):
     """`(loss, [d loss / d variable])` as numpy, through the backend's own autodiff.
 

@@ -219,8 +219,6 @@ def served(tmp_path_factory):
 
 
 @pytest.mark.skipif(BACKEND == "torch", reason="tf_saved_model exports from TensorFlow and JAX")
-@pytest.mark.long_running
-@pytest.mark.xdist_group("served")  # one export of the module fixture, on one worker
 def test_saved_model_is_served_by_tensorflow_without_keras_deepvit(served):
     assert served["keras_deepvit_imported"] == []
     keys = [f"tf_saved_model{kind}_{batch}" for kind in ("", "_float32") for batch in (1, 7)]
@@ -228,8 +226,6 @@ def test_saved_model_is_served_by_tensorflow_without_keras_deepvit(served):
 
 
 @pytest.mark.skipif(BACKEND == "torch", reason="onnx exports from TensorFlow and JAX")
-@pytest.mark.long_running
-@pytest.mark.xdist_group("served")  # one export of the module fixture, on one worker
 def test_onnx_is_served_by_onnxruntime(served):
     if BACKEND == "jax" and not SLOW:
         pytest.skip("ONNX from JAX takes ~90 s (jax2onnx): set KERAS_DEEPVIT_SLOW_EXPORT_TESTS=1")
@@ -237,15 +233,11 @@ def test_onnx_is_served_by_onnxruntime(served):
 
 
 @pytest.mark.skipif(BACKEND != "tensorflow", reason="litert exports from the TensorFlow backend")
-@pytest.mark.long_running
-@pytest.mark.xdist_group("served")  # one export of the module fixture, on one worker
 def test_litert_is_served_without_flex_ops(served):
     assert served["litert_ops"] and not [op for op in served["litert_ops"] if "Flex" in op]
     assert served["litert_1"] <= 1e-4 and served["litert_7"] <= 1e-4, served
 
 
-@pytest.mark.long_running
-@pytest.mark.xdist_group("served")  # one export of the module fixture, on one worker
 def test_benchmark_exported_contestants_yield_rows(served):
     """`--exported`: one export (ONNX, the costlier route) timed end to end, and the
     SavedModel contestant on the served fixture's artifact (exporting it again costs 20 s)."""

@@ -9,28 +9,13 @@ import numpy as np
 import pytest
 from keras import ops
 
+from helpers import asked_while_tracing_for_xla, xla_compiled_on_tensorflow
 from keras_deepvit import cpuinfo
 from keras_deepvit.layers import half_arithmetic, map_ops, wide_matmul
 
 BACKEND = keras.backend.backend()
 #: Backends with a float32 form (TensorFlow's only inside functions XLA compiles).
 XLA_BACKENDS = ("jax", "tensorflow")
-
-
-def _compiled(function):
-    if BACKEND != "tensorflow":
-        return function
-    import tensorflow as tf
-
-    return tf.function(function, jit_compile=True)
-
-
-def _in_compiled_function(question):
-    if BACKEND != "tensorflow":
-        return question()
-    answers = []
-    _compiled(lambda: answers.append(question()) or 0)()
-    return answers[0]
 
 
 def _numpy(x):
@@ -78,7 +63,7 @@ def test_depthwise_map_convolution_in_float32_matches_and_differentiates(float32
     maps = rng.normal(size=(2, 3, 6, 6)).astype("float32")
     kernel = rng.normal(size=(3, 3, 3, 1)).astype("float32")
     half = ops.cast(maps, "bfloat16")
-    out = _compiled(lambda m: map_ops.depthwise_conv_channels_first(m, kernel))(half)
+    out = xla_compiled_on_tensorflow(lambda m: map_ops.depthwise_conv_channels_first(m, kernel))(half)
     assert keras.backend.standardize_dtype(out.dtype) == "bfloat16"
     # The float32 sum of the bfloat16 maps, rounded once; the float32 form takes the
     # float32 kernel (the PyTorch backend's half convolution, a bfloat16 one).
@@ -125,7 +110,7 @@ def test_preference_is_measured_once_and_cached(monkeypatch, tmp_path):
     try:
         if BACKEND == "tensorflow":  # eager and graph TensorFlow keep oneDNN's half kernels
             assert half_arithmetic.prefers_float32(x) is False and not calls
-        answer = _in_compiled_function(lambda: half_arithmetic.prefers_float32(x))
+        answer = asked_while_tracing_for_xla(lambda: half_arithmetic.prefers_float32(x))
         if BACKEND not in XLA_BACKENDS:
             assert answer is False and not calls
             return
@@ -138,7 +123,7 @@ def test_preference_is_measured_once_and_cached(monkeypatch, tmp_path):
         assert key.endswith(" | bfloat16 map arithmetic")
         assert entry == {"half_s": 3.0, "float32_s": 1.0, "float32": True}
         half_arithmetic._measured_preference.cache_clear()  # a new process reads the file
-        assert _in_compiled_function(lambda: half_arithmetic.prefers_float32(x)) is True
+        assert asked_while_tracing_for_xla(lambda: half_arithmetic.prefers_float32(x)) is True
         assert calls == ["bfloat16"]
     finally:
         half_arithmetic._measured_preference.cache_clear()
@@ -163,7 +148,7 @@ def test_refined_bfloat16_maps_match_the_float32_refiner(float32_path):
     mixed.build(maps.shape)
     mixed.set_weights(single.get_weights())
     half = ops.cast(maps, "bfloat16")
-    out = _compiled(lambda m: mixed.refine_folded(m))(half)
+    out = xla_compiled_on_tensorflow(lambda m: mixed.refine_folded(m))(half)
     assert keras.backend.standardize_dtype(out.dtype) == "bfloat16"
     expected = single.refine_folded(_numpy(half))
     np.testing.assert_allclose(_numpy(out), _numpy(expected), rtol=3e-2, atol=3e-2)

@@ -113,7 +113,9 @@ def test_conv_valid_equals_keras_conv_with_its_gradients(size, kernel, strides, 
     (value, grads), (expected_value, expected_grads) = (
         gradients(loss(ours), [images, weights]), gradients(loss(keras_conv), [images, weights])
     )
-    np.testing.assert_allclose(value, expected_value, rtol=1e-5)
+    # A sum of signed terms: it can land near zero, where only an absolute bound holds
+    # (the module's RNG gives each test other values depending on the order xdist runs them).
+    np.testing.assert_allclose(value, expected_value, rtol=1e-5, atol=1e-3)
     for grad, expected_grad in zip(grads, expected_grads):
         np.testing.assert_allclose(grad, expected_grad, rtol=1e-5, atol=1e-4)
 

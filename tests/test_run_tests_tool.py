@@ -1,5 +1,4 @@
-"""tools/run_tests.py: the JAX pass shares a compilation cache; the others get none;
-xdist groups keep their worker."""
+"""tools/run_tests.py: the JAX pass shares a compilation cache; the others get none."""
 
 import importlib.util
 from pathlib import Path
@@ -28,12 +27,3 @@ def test_a_cache_of_your_own_wins(monkeypatch, tmp_path):
     tool = load_tool()
     monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "mine"))
     assert tool.compile_cache_env("jax", tmp_path) == {}
-
-
-def test_workers_keep_xdist_groups_together():
-    tool = load_tool()
-    args = tool.parse_args(["--backends", "jax", "-n", "2"])
-    command = tool.pytest_command(args, "jax")
-    assert command[command.index("-n") + 1] == "2"
-    assert command[command.index("--dist") + 1] == "loadgroup"
-    assert "--dist" not in tool.pytest_command(tool.parse_args(["-n", "0"]), "jax")

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from keras import ops
 
+from helpers import asked_while_tracing_for_xla, xla_compiled_on_tensorflow
 from keras_deepvit import cpuinfo
 from keras_deepvit.layers import wide_matmul
 from keras_deepvit.layers.dense import Dense
@@ -27,24 +28,6 @@ def wide_path(monkeypatch):
         wide_matmul, "prefers_wide_accumulator",
         lambda: BACKEND == "jax" or (BACKEND == "tensorflow" and wide_matmul._tensorflow_compiles_with_xla()),
     )
-
-
-def _compiled(function):
-    """`function` in a TensorFlow function compiled by XLA (where its wide form lives); as is elsewhere."""
-    if BACKEND != "tensorflow":
-        return function
-    import tensorflow as tf
-
-    return tf.function(function, jit_compile=True)
-
-
-def _in_compiled_function(question):
-    """`question()` asked while a TensorFlow function is traced for XLA; directly elsewhere."""
-    if BACKEND != "tensorflow":
-        return question()
-    answers = []
-    _compiled(lambda: answers.append(question()) or 0)()
-    return answers[0]
 
 
 def _rounded(x):
@@ -68,7 +51,7 @@ def _gradients(function, a, b):
                 loss = ops.sum(ops.cast(function(a, b) * weights, "float32"))
             return tape.gradient(loss, [a, b])
 
-        grads = _compiled(tape_gradients)(a, b)
+        grads = xla_compiled_on_tensorflow(tape_gradients)(a, b)
     else:
         import torch
 
@@ -83,7 +66,7 @@ def test_values_and_gradients_equal_keras_matmul(wide_path, b_shape):
     rng = np.random.default_rng(0)
     a = ops.cast(rng.normal(size=(2, 3, 6, 8)), "bfloat16")
     b = ops.cast(rng.normal(size=b_shape), "bfloat16")
-    actual = _compiled(wide_matmul.matmul)(a, b)
+    actual = xla_compiled_on_tensorflow(wide_matmul.matmul)(a, b)
     assert keras.backend.standardize_dtype(actual.dtype) == "bfloat16"
     # The product of the bfloat16 inputs, accumulated in float32, rounded once.
     exact = _rounded(ops.matmul(ops.cast(a, "float32"), ops.cast(b, "float32")))
@@ -111,7 +94,7 @@ def test_dense_matches_keras_dense_and_round_trips(wide_path):
     theirs.build(x.shape)
     theirs.set_weights(ours.get_weights())
     np.testing.assert_allclose(
-        ops.convert_to_numpy(ops.cast(_compiled(ours)(x), "float32")),
+        ops.convert_to_numpy(ops.cast(xla_compiled_on_tensorflow(ours)(x), "float32")),
         ops.convert_to_numpy(ops.cast(theirs(x), "float32")), rtol=2e-2, atol=2e-2,
     )
     clone = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(ours))
@@ -127,7 +110,7 @@ def test_preference_is_measured_once_and_cached(monkeypatch, tmp_path):
         if BACKEND == "tensorflow":
             # Eager and graph-mode TensorFlow keep Keras' matmul without a probe.
             assert wide_matmul.prefers_wide_accumulator() is False and not calls
-        answer = _in_compiled_function(wide_matmul.prefers_wide_accumulator)
+        answer = asked_while_tracing_for_xla(wide_matmul.prefers_wide_accumulator)
         if BACKEND not in WIDE_BACKENDS:
             assert answer is False and not calls  # PyTorch's bfloat16 GEMM is wide already
             return
@@ -139,7 +122,7 @@ def test_preference_is_measured_once_and_cached(monkeypatch, tmp_path):
         assert key == f"{cpuinfo.cpu_identity()} | {BACKEND} {_framework_version()}"
         assert entry == {"bfloat16_out_s": 2.0, "float32_out_s": 1.0, "wide": True}
         wide_matmul._measured_preference.cache_clear()  # a new process reads the file
-        assert _in_compiled_function(wide_matmul.prefers_wide_accumulator) is True
+        assert asked_while_tracing_for_xla(wide_matmul.prefers_wide_accumulator) is True
         assert calls == [BACKEND]
     finally:
         wide_matmul._measured_preference.cache_clear()

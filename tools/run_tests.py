@@ -77,9 +77,7 @@ def pytest_command(args, backend):
     if workers is None and importlib.util.find_spec("xdist") is not None:
         workers = DEFAULT_WORKERS[backend]
     if workers not in (None, "0"):
-        # loadgroup: tests marked with one `xdist_group` share a worker (and so one run
-        # of their module fixture); the others are handed out as with the default `load`.
-        command += ["-n", str(workers), "--dist", "loadgroup"]
+        command += ["-n", str(workers)]
     if not names_test_paths(args.pytest_args):
         command.append("tests")
     return command + args.pytest_args
