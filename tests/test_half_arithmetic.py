@@ -2,6 +2,7 @@
 machine measures that faster; same values as the float32 computation of the half inputs,
 rounded once, gradients included, and the machine's answer measured once and cached."""
 
+import doctest
 import json
 
 import keras
@@ -152,3 +153,8 @@ def test_refined_bfloat16_maps_match_the_float32_refiner(float32_path):
     assert keras.backend.standardize_dtype(out.dtype) == "bfloat16"
     expected = single.refine_folded(_numpy(half))
     np.testing.assert_allclose(_numpy(out), _numpy(expected), rtol=3e-2, atol=3e-2)
+
+
+def test_docstring_examples():
+    results = doctest.testmod(half_arithmetic)
+    assert results.attempted > 0 and results.failed == 0

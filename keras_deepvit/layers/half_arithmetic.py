@@ -41,7 +41,8 @@ def in_float32(fn, x, *args, **kwargs):
     Example:
     >>> x = keras.ops.ones((1, 2, 3, 3), "bfloat16")
     >>> y = in_float32(lambda maps: maps * 2.0, x)
-    >>> keras.backend.standardize_dtype(y.dtype), float(keras.ops.convert_to_numpy(y[0, 0, 0, 0]))
+    >>> values = keras.ops.convert_to_numpy(keras.ops.cast(y, "float32"))
+    >>> keras.backend.standardize_dtype(y.dtype), float(values[0, 0, 0, 0])
     ('bfloat16', 2.0)
     """
     if not prefers_float32(x):
@@ -95,13 +96,14 @@ def _shifted_sum(maps, weights):
     return total
 
 
-def _both_forms(dtype, cast, numpy_like):
+def _both_forms(dtype, cast):
+    """The probe in `dtype`, and on float32 copies rounded back; `cast(tensor, dtype)`."""
+
     def half(maps, weights):
-        return _shifted_sum(maps, weights.astype(dtype) if numpy_like else cast(weights, dtype))
+        return _shifted_sum(maps, cast(weights, dtype))
 
     def single(maps, weights):
-        wide = _shifted_sum(cast(maps, "float32"), weights)
-        return wide.astype(dtype) if numpy_like else cast(wide, dtype)
+        return cast(_shifted_sum(cast(maps, "float32"), weights), dtype)
 
     return half, single
 
@@ -117,7 +119,7 @@ def _time_both_forms(backend, dtype):
     with jax.ensure_compile_time_eval():
         maps = jnp.ones(PROBE_SHAPE, dtype)
         weights = jnp.full((9,), 0.5, jnp.float32)
-        half, single = (jax.jit(f) for f in _both_forms(dtype, lambda t, d: t.astype(d), True))
+        half, single = (jax.jit(f) for f in _both_forms(dtype, lambda t, d: t.astype(d)))
         return (
             wide_matmul._best_of(lambda: half(maps, weights).block_until_ready()),
             wide_matmul._best_of(lambda: single(maps, weights).block_until_ready()),
@@ -132,7 +134,7 @@ def _time_both_tensorflow_forms(dtype):
         maps = tf.ones(PROBE_SHAPE, dtype)
         weights = tf.fill((9,), 0.5)
         half, single = (
-            tf.function(f, jit_compile=True) for f in _both_forms(dtype, tf.cast, False)
+            tf.function(f, jit_compile=True) for f in _both_forms(dtype, tf.cast)
         )
         return (
             wide_matmul._best_of(lambda: half(maps, weights).numpy()),
