@@ -75,15 +75,12 @@ def prefers_float32(x):
 
 @functools.lru_cache(maxsize=None)
 def _measured_preference(backend, dtype):
-    with wide_matmul._LOCK:
-        key = f"{wide_matmul._machine_key(backend)} | {dtype} map arithmetic"
-        cache = wide_matmul._cache_path()
-        facts = wide_matmul._read_facts(cache)
-        if key not in facts:
-            half, single = _time_both_forms(backend, dtype)
-            facts[key] = {"half_s": half, "float32_s": single, "float32": single < half}
-            wide_matmul._write_facts(cache, facts)
-        return bool(facts[key]["float32"])
+    def measure():
+        half, single = _time_both_forms(backend, dtype)
+        return {"half_s": half, "float32_s": single, "float32": single < half}
+
+    key = f"{wide_matmul._machine_key(backend)} | {dtype} map arithmetic"
+    return bool(wide_matmul.measured_fact(key, measure)["float32"])
 
 
 def _shifted_sum(maps, weights):

@@ -114,15 +114,26 @@ def _has_gpu(backend):
 
 @functools.lru_cache(maxsize=None)
 def _measured_preference(backend):
+    def measure():
+        narrow, wide = _time_both_forms(backend)
+        return {"bfloat16_out_s": narrow, "float32_out_s": wide, "wide": wide < narrow}
+
+    return bool(measured_fact(_machine_key(backend), measure)["wide"])
+
+
+def measured_fact(key, measure):
+    """The cached entry `key` of this machine's measurements, made by `measure()` if missing.
+
+    Entries live in `$KERAS_HOME/keras_deepvit/machine_facts.json`, one dict per key
+    (a CPU identity, a backend version and what was measured).
+    """
     with _LOCK:
-        key = _machine_key(backend)
         cache = _cache_path()
         facts = _read_facts(cache)
         if key not in facts:
-            narrow, wide = _time_both_forms(backend)
-            facts[key] = {"bfloat16_out_s": narrow, "float32_out_s": wide, "wide": wide < narrow}
+            facts[key] = measure()
             _write_facts(cache, facts)
-        return bool(facts[key]["wide"])
+        return facts[key]
 
 
 def _machine_key(backend):
