@@ -6,6 +6,7 @@ from keras import ops
 from keras_deepvit.layers import map_ops, wide_matmul
 from keras_deepvit.layers.dense import Dense
 from keras_deepvit.layers.initializers import dense_initializers, validate_initializer
+from keras_deepvit.layers.sublayer_call import call_sublayer
 
 
 #: Plain attention on JAX's CPU runs in query chunks whose float32 maps hold about this many bytes.
@@ -181,10 +182,10 @@ class MultiHeadSelfAttention(keras.layers.Layer):
         return ops.reshape(out, (-1, ops.shape(out)[1], self.dim))
 
     def output_projection(self, x, training=None):
-        return self.proj_drop(self.proj(x), training=training)
+        return call_sublayer(self.proj_drop, call_sublayer(self.proj, x), training=training)
 
     def call(self, inputs, return_attention_scores=False, training=None, query_tokens=None):
-        q, k, v = self.split_heads(self.qkv(inputs), 3)
+        q, k, v = self.split_heads(call_sublayer(self.qkv, inputs), 3)
         rows_late = query_tokens is not None and self.transform_needs_all_queries(training)
         if query_tokens is not None and not rows_late:
             q = q[:, :, :query_tokens]
@@ -208,7 +209,7 @@ class MultiHeadSelfAttention(keras.layers.Layer):
             ]
             return self.output_projection(ops.concatenate(parts, axis=1), training=training)
         attention = self.attention_maps(q, k)
-        attention = self.attn_drop(attention, training=training)
+        attention = call_sublayer(self.attn_drop, attention, training=training)
         attention = self.transform_attention(attention, training=training)
         if rows_late:
             attention = attention[:, :, :query_tokens]

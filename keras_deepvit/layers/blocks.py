@@ -11,6 +11,7 @@ from keras_deepvit.layers.initializers import dense_initializers, validate_initi
 from keras_deepvit.layers.re_attention import ReAttention
 from keras_deepvit.layers.refiner_attention import RefinerAttention
 from keras_deepvit.layers.remat import rematerialized_call
+from keras_deepvit.layers.sublayer_call import call_sublayer
 from keras_deepvit.layers.torch_like import exact_gelu, torch_layer_norm
 
 
@@ -68,8 +69,8 @@ class Mlp(keras.layers.Layer):
             )
 
     def call(self, inputs, training=None):
-        x = self.drop(exact_gelu(self.fc1(inputs)), training=training)
-        x = self.drop(self.fc2(x), training=training)
+        x = call_sublayer(self.drop, exact_gelu(call_sublayer(self.fc1, inputs)), training=training)
+        x = call_sublayer(self.drop, call_sublayer(self.fc2, x), training=training)
         if self.channel_scale:
             x = x * ops.cast(self.scale_channel, x.dtype)
         return x
@@ -190,8 +191,8 @@ class TransformerBlock(keras.layers.Layer):
         return x / ops.cast(self.scale_adjustment, x.dtype)
 
     def residual_mlp(self, x, training=None):
-        branch = self.mlp(self.norm2(self.scaled(x)), training=training)
-        return x + self.drop_path(self.unscaled(branch), training=training)
+        branch = call_sublayer(self.mlp, call_sublayer(self.norm2, self.scaled(x)), training=training)
+        return x + call_sublayer(self.drop_path, self.unscaled(branch), training=training)
 
     def rematerializes(self, training, return_attention_scores):
         """Whether this call recomputes its activations in the backward pass."""
@@ -210,14 +211,14 @@ class TransformerBlock(keras.layers.Layer):
         # Not named `forward`: on the PyTorch backend a Keras layer is a `torch.nn.Module`,
         # whose `__call__` runs `forward` directly, so a `forward` here bypassed `call`
         # (and with it the rematerialisation) there.
-        result = self.attn(
-            self.norm1(self.scaled(inputs)),
+        result = call_sublayer(
+            self.attn, call_sublayer(self.norm1, self.scaled(inputs)),
             return_attention_scores=return_attention_scores, training=training,
             query_tokens=query_tokens,
         )
         branch, maps = result if return_attention_scores else (result, None)
         shortcut = inputs if query_tokens is None else inputs[:, :query_tokens]
-        x = shortcut + self.drop_path(self.unscaled(branch), training=training)
+        x = shortcut + call_sublayer(self.drop_path, self.unscaled(branch), training=training)
         x = self.residual_mlp(x, training=training)
         return (x, maps) if return_attention_scores else x
 
@@ -342,8 +343,8 @@ class RefinerBlock(TransformerBlock):
         return self.block_outputs(inputs, previous_attention, return_attention_scores, training=training)
 
     def block_outputs(self, inputs, previous_attention=None, return_attention_scores=False, training=None):
-        result = self.attn(
-            self.norm1(self.scaled(inputs)), previous_attention=previous_attention,
+        result = call_sublayer(
+            self.attn, call_sublayer(self.norm1, self.scaled(inputs)), previous_attention=previous_attention,
             return_attention_scores=return_attention_scores, training=training,
         )
         branch, next_attention = result[0], result[1]
