@@ -243,6 +243,25 @@ def test_softmax_and_its_gradient_equal_keras_softmax():
     )
 
 
+def test_fused_attention_equals_explicit_attention_with_its_gradient():
+    # Heads first as `split_heads` makes them: strided views of one `qkv` tensor.
+    qkv_values = RNG.normal(size=(2, 7, 3, 2, 4)).astype("float32")
+    qkv = keras.Variable(qkv_values)
+    upstream = ops.convert_to_tensor(RNG.normal(size=(2, 2, 7, 4)).astype("float32"))
+    scale = 4**-0.5
+
+    def explicit(q, k, v):
+        return ops.matmul(ops.softmax(ops.matmul(q, ops.swapaxes(k, -1, -2)) * scale, axis=-1), v)
+
+    def loss(attention):
+        return lambda: ops.sum(attention(*map_ops.unstack(ops.transpose(qkv, (2, 0, 3, 1, 4)))) * upstream)
+
+    expected_loss, (expected,) = gradients(loss(explicit), [qkv])
+    actual_loss, (actual,) = gradients(loss(lambda q, k, v: map_ops.fused_attention(q, k, v, scale)), [qkv])
+    np.testing.assert_allclose(actual_loss, expected_loss, rtol=1e-5)
+    np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-5)
+
+
 def test_unstack_gives_the_slices_and_their_gradient():
     values = RNG.normal(size=(3, 2, 4, 5)).astype("float32")
     stacked = keras.Variable(values)

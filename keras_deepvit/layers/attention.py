@@ -178,7 +178,11 @@ class MultiHeadSelfAttention(keras.layers.Layer):
 
     def attend(self, attention, v):
         """`attention @ v` with heads merged back: `(batch, tokens, dim)`."""
-        out = ops.transpose(wide_matmul.matmul(attention, v), (0, 2, 1, 3))
+        return self.merge_heads(wide_matmul.matmul(attention, v))
+
+    def merge_heads(self, x):
+        """`(batch, heads, tokens, head_dim)` -> `(batch, tokens, dim)`."""
+        out = ops.transpose(x, (0, 2, 1, 3))
         return ops.reshape(out, (-1, ops.shape(out)[1], self.dim))
 
     def output_projection(self, x, training=None):
@@ -195,9 +199,7 @@ class MultiHeadSelfAttention(keras.layers.Layer):
             or (training and self.attention_dropout > 0)
         )
         if use_fused and map_ops.has_fused_attention():
-            heads_last = [ops.transpose(t, (0, 2, 1, 3)) for t in (q, k, v)]
-            out = ops.dot_product_attention(*heads_last, scale=self.scale)
-            out = ops.reshape(out, (-1, ops.shape(out)[1], self.dim))
+            out = self.merge_heads(map_ops.fused_attention(q, k, v, self.scale))
             return self.output_projection(out, training=training)
         chunks = self.query_chunks(q, k) if use_fused else 1
         if chunks > 1:

@@ -63,6 +63,30 @@ def has_fused_attention():
     return not xla_on_cpu()
 
 
+def fused_attention(q, k, v, scale):
+    """`softmax(q k^T * scale) v` by the backend's fused kernel, heads first in and out.
+
+    `q`: `(batch, heads, queries, head_dim)`, `k` and `v`: `(batch, heads, tokens,
+    head_dim)`; returns `(batch, heads, queries, head_dim)`. On PyTorch this is
+    `scaled_dot_product_attention` on the tensors as given: Keras' op takes
+    heads last and hands PyTorch's kernel contiguous copies of the transposed
+    `q`, `k` and `v` (three copies per call that the kernel does not need).
+    Elsewhere it is `keras.ops.dot_product_attention`.
+
+    Example:
+    >>> q = keras.ops.ones((1, 2, 3, 4))
+    >>> tuple(fused_attention(q, q, q, 0.5).shape)
+    (1, 2, 3, 4)
+    """
+    if keras.backend.backend() == "torch":
+        import torch
+
+        q, k, v = (ops.convert_to_tensor(t) for t in (q, k, v))
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=scale)
+    heads_last = [ops.transpose(t, (0, 2, 1, 3)) for t in (q, k, v)]
+    return ops.transpose(ops.dot_product_attention(*heads_last, scale=scale), (0, 2, 1, 3))
+
+
 @functools.lru_cache(maxsize=None)
 def xla_on_cpu():
     """Whether the backend compiles with XLA (JAX, TensorFlow) and has no accelerator.
