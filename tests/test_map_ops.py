@@ -120,6 +120,31 @@ def test_conv_valid_equals_keras_conv_with_its_gradients(size, kernel, strides, 
         np.testing.assert_allclose(grad, expected_grad, rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.parametrize("kernel, strides, padding", [((7, 7), 2, 3), ((3, 3), 1, 1)])  # the CNN stems'
+@pytest.mark.parametrize("differentiated", [False, True])
+def test_conv_valid_padding_equals_the_convolution_of_padded_images(kernel, strides, padding, differentiated):
+    images = keras.Variable(RNG.normal(size=(2, 12, 11, 3)).astype("float32"))
+    weights = keras.Variable(RNG.normal(size=kernel + (3, 4)).astype("float32"))
+
+    def padded_first(x, w):
+        x = ops.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+        return ops.conv(x, w, strides=strides, padding="valid")
+
+    def ours(x, w):
+        return map_ops.conv_valid(x, w, strides, differentiated=differentiated, padding=padding)
+
+    expected = to_numpy(padded_first(images.value, weights.value))
+    cotangent = ops.convert_to_tensor(RNG.normal(size=expected.shape).astype("float32"))
+    np.testing.assert_allclose(to_numpy(compiled(ours)(images.value, weights.value)), expected, rtol=1e-5, atol=1e-4)
+
+    def loss(conv):
+        return lambda: ops.sum(conv(images.value, weights.value) * cotangent)
+
+    (_, grads), (_, expected_grads) = gradients(loss(ours), [images, weights]), gradients(loss(padded_first), [images, weights])
+    for grad, expected_grad in zip(grads, expected_grads):
+        np.testing.assert_allclose(grad, expected_grad, rtol=1e-5, atol=1e-4)
+
+
 def test_conv_valid_is_the_backend_convolution_off_xla_cpu(monkeypatch):
     # With an accelerator, XLA's own convolution (cuDNN) is used even in a training
     # step: the im2col form is for XLA:CPU only. Same op, so the same bits.

@@ -158,8 +158,7 @@ class ConvStemPatchEmbedding(keras.layers.Layer):
         x = inputs
         for i, (conv, norm) in enumerate(zip(self.stem_convs, self.stem_norms)):
             pad = 3 if i == 0 else 1
-            x = ops.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-            x = ops.relu(norm(_conv(conv, x, differentiated), training=training))
+            x = ops.relu(norm(_conv(conv, x, differentiated, padding=pad), training=training))
         return _conv(self.proj, x, differentiated)
 
     def compute_output_shape(self, input_shape):
@@ -179,13 +178,16 @@ class ConvStemPatchEmbedding(keras.layers.Layer):
         return config
 
 
-def _conv(layer, inputs, differentiated):
-    """`layer(inputs)` for a "valid" `Conv2D`, computed by `map_ops.conv_valid`.
+def _conv(layer, inputs, differentiated, padding=0):
+    """`layer(inputs)` for a "valid" `Conv2D` after `padding` zeros each side, computed
+    by `map_ops.conv_valid`.
 
     The `Conv2D` layer owns the weights (and their names in checkpoints); the
     function picks the fastest form of the convolution for the backend.
     """
-    outputs = conv_valid(inputs, layer.kernel, layer.strides, differentiated=bool(differentiated))
+    outputs = conv_valid(
+        inputs, layer.kernel, layer.strides, differentiated=bool(differentiated), padding=padding
+    )
     if layer.use_bias:
         outputs = outputs + ops.cast(layer.bias, outputs.dtype)
     return outputs

@@ -411,8 +411,8 @@ def _shifted_sum(inputs, kernel, stride, channels_first):
     return ops.reshape(total, (-1, rows, cols, channels * multiplier))
 
 
-def conv_valid(inputs, kernel, strides=1, differentiated=False):
-    """Dense 2-D convolution of channels-last images without padding (callers pad explicitly).
+def conv_valid(inputs, kernel, strides=1, differentiated=False, padding=0):
+    """Dense 2-D convolution of channels-last images, "valid" after `padding` zeros each side.
 
     PyTorch and TensorFlow (graph or XLA) run their own convolution (PyTorch on
     a contiguous NCHW copy: see `_torch_conv_valid`): TensorFlow's XLA build
@@ -434,9 +434,14 @@ def conv_valid(inputs, kernel, strides=1, differentiated=False):
         strides: int or `(sh, sw)`.
         differentiated: bool, whether a gradient of the result will be taken
             (a training step of a trainable layer).
+        padding: int `p`, zero rows and columns added on every side first
+            (PyTorch's symmetric `padding=p`; Keras' "same" pads a stride-2
+            convolution asymmetrically at even sizes). On PyTorch the
+            convolution pads inside its kernel: a padded channels-last copy
+            cost the next NCHW copy a full transpose of the maps.
 
     Returns:
-        `(batch, (rows - kh) // sh + 1, (cols - kw) // sw + 1, out_channels)`.
+        `(batch, (rows + 2p - kh) // sh + 1, (cols + 2p - kw) // sw + 1, out_channels)`.
 
     Example:
     >>> import numpy as np
@@ -448,7 +453,9 @@ def conv_valid(inputs, kernel, strides=1, differentiated=False):
     kernel = ops.cast(kernel, inputs.dtype)
     strides = (strides, strides) if isinstance(strides, int) else tuple(strides)
     if keras.backend.backend() == "torch":
-        return _torch_conv_valid(inputs, kernel, strides)
+        return _torch_conv_valid(inputs, kernel, strides, padding)
+    if padding:
+        inputs = ops.pad(inputs, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
     kh, kw, in_channels, out_channels = kernel.shape
     patchify = (kh, kw) == strides
     if (
@@ -484,17 +491,19 @@ def conv_valid(inputs, kernel, strides=1, differentiated=False):
     return wide_matmul.matmul(patches, ops.reshape(kernel, (kh * kw * in_channels, out_channels)))
 
 
-def _torch_conv_valid(inputs, kernel, strides):
+def _torch_conv_valid(inputs, kernel, strides, padding=0):
     """`conv_valid` on PyTorch: the convolution on a contiguous NCHW copy of the images.
 
     Keras' PyTorch convolution permutes channels-last images to NCHW without
     copying, which hands oneDNN a channels-last tensor; on CPU its convolution
     and gradient run 1.75x slower in that format (a 3x3 64->128 convolution at
     112x112, batch 4: 1477 against 822 ms with its gradient). The copy costs
-    one pass over the images. The result is an NHWC view of the NCHW output.
+    one pass over the images, and nothing when they are this function's own
+    output (elementwise layers in between keep its layout). The result is an
+    NHWC view of the NCHW output.
     """
     images = ops.convert_to_tensor(inputs).permute(0, 3, 1, 2).contiguous()
-    outputs = _torch_eager_conv2d(images, kernel.permute(3, 2, 0, 1), stride=strides)
+    outputs = _torch_eager_conv2d(images, kernel.permute(3, 2, 0, 1), stride=strides, padding=padding)
     return outputs.permute(0, 2, 3, 1)
 
 
