@@ -49,6 +49,31 @@ def test_float32_sublayer_runs_bare_call_on_torch_only():
     assert layer.counts == {"__call__": 1 if direct else 2, "call": 2}
 
 
+class _CountingLayerNorm(keras.layers.LayerNormalization):
+    """A LayerNormalization (a layer that does not autocast) counting its `__call__`s."""
+
+    calls = 0
+
+    def __call__(self, *args, **kwargs):
+        type(self).calls += 1
+        return super().__call__(*args, **kwargs)
+
+
+@pytest.mark.parametrize("scope", [None, "bfloat16"])
+def test_layer_that_does_not_autocast_takes_bare_call_only_outside_a_scope(scope):
+    from keras.src.backend import AutocastScope
+
+    norm = _CountingLayerNorm(epsilon=1e-6)
+    norm.build((None, 4))
+    _CountingLayerNorm.calls = 0
+    x = ops.convert_to_tensor(np.random.default_rng(4).normal(size=(2, 4)).astype("float32"))
+    with AutocastScope(scope):
+        out = call_sublayer(norm, x)
+    expected = (x - ops.mean(x, -1, keepdims=True)) / ops.sqrt(ops.var(x, -1, keepdims=True) + 1e-6)
+    np.testing.assert_allclose(to_numpy(out), to_numpy(expected), rtol=1e-5, atol=1e-5)
+    assert _CountingLayerNorm.calls == (0 if BACKEND == "torch" and scope is None else 1)
+
+
 @pytest.mark.parametrize(
     "case", ["unbuilt", "float64 input", "numpy input", "mixed policy outside its scope"]
 )

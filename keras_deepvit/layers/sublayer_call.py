@@ -30,14 +30,16 @@ def _runs_eagerly_on_torch():
 
 def _direct_call_is_exact(sublayer, inputs):
     # A backend tensor (not numpy, not symbolic) already in the compute dtype: nothing to convert.
-    if not sublayer.built or not sublayer.autocast or not keras.ops.is_tensor(inputs):
+    if not sublayer.built or not keras.ops.is_tensor(inputs):
         return False
     if keras.backend.standardize_dtype(inputs.dtype) != sublayer.compute_dtype:
         return False
     scope = get_autocast_scope()
-    if scope is None:
+    if scope is None or scope.dtype is None:
+        # `__call__` would open a scope only for a mixed policy.
         return sublayer.compute_dtype == sublayer.variable_dtype
-    return scope.dtype == sublayer.compute_dtype
+    # A layer that does not autocast (LayerNormalization) would get the scope cleared.
+    return sublayer.autocast and scope.dtype == sublayer.compute_dtype
 
 
 def call_sublayer(sublayer, inputs, *args, **kwargs):
