@@ -64,10 +64,13 @@ class KerasContestant:
     def __init__(self, name, variant, mode, images, labels, state=None, model_kwargs=None):
         import keras
 
+        from keras_deepvit.training.fused_adamw import AdamW
+
         self.label = f"keras-{variant}"
         self.mode = mode
         self.model = build_model(name, images.shape[1], state, **(model_kwargs or {}))
-        optimizer = keras.optimizers.AdamW(LEARNING_RATE, weight_decay=WEIGHT_DECAY)
+        # The training recipe's optimiser (Keras' AdamW; PyTorch's fused kernel on PyTorch).
+        optimizer = AdamW(LEARNING_RATE, weight_decay=WEIGHT_DECAY)
         self.model.compile(
             optimizer=optimizer,
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),

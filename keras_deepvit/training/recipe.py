@@ -17,6 +17,7 @@ import dataclasses
 import keras
 
 from keras_deepvit.training.distillation import DistillationModel
+from keras_deepvit.training.fused_adamw import AdamW
 from keras_deepvit.training.losses import (
     DENSE_WEIGHT,
     DISTILLATION_ALPHA,
@@ -198,6 +199,9 @@ def no_weight_decay_variables(model):
 def build_optimizer(model, learning_rate, weight_decay=WEIGHT_DECAY, clip_norm=None, ema_decay=None):
     """`keras.optimizers.AdamW` set up as the official recipe, for `model`'s variables.
 
+    The optimiser is `training.fused_adamw.AdamW`: Keras' AdamW, updated by PyTorch's
+    fused kernel on the PyTorch backend (the same numbers to float32 rounding).
+
     Weight decay skips `no_weight_decay_variables(model)` (through Keras'
     `exclude_from_weight_decay(var_list=...)`, so use the optimizer with this model).
     Keras decays as PyTorch's AdamW does, `v -= lr * wd * v` with the scheduled lr,
@@ -238,7 +242,7 @@ def build_optimizer(model, learning_rate, weight_decay=WEIGHT_DECAY, clip_norm=N
     if not weight_decay >= 0:
         raise ValueError(f"weight_decay must be >= 0, got {weight_decay!r}.")
     ema = {} if ema_decay is None else {"use_ema": True, "ema_momentum": ema_decay}
-    optimizer = keras.optimizers.AdamW(
+    optimizer = AdamW(
         learning_rate=learning_rate,
         weight_decay=weight_decay,
         beta_1=0.9,
