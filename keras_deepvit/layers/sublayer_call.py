@@ -14,6 +14,11 @@ dtype policy) and `training` is passed explicitly (the caller's `__call__`
 resolved it). There `call_sublayer` runs `sublayer.call` directly; everywhere
 else (TensorFlow and JAX, which trace each step once, symbolic inputs, unbuilt
 layers, mismatched dtypes) it is the ordinary `sublayer(...)`.
+
+One thing the bare call does skip on purpose: `torch.nn.Module` forward hooks
+registered on those inner sublayers (a Keras layer is a module on PyTorch) do not
+fire. Hooks on the blocks, which the model calls through `__call__`, still do;
+`attention_model()` and `return_attention_scores` give the attention maps.
 """
 
 import keras
