@@ -5,7 +5,7 @@ On the PyTorch backend Keras runs eagerly, op by op, and every `Layer.__call__`
 mask resolution, autocast scopes) runs in Python for every batch. A transformer
 block calls about fifteen sublayers (dense layers, LayerNorms, dropouts), and that
 bookkeeping cost more than the arithmetic of a small batch: measurements in
-docs/performance.md ("Keras-torch: sublayer calls").
+docs/performance.md (the PyTorch-backend items of its first list).
 
 Inside a layer's own `call` none of that bookkeeping changes the result when the
 sublayer is built, its input already has the sublayer's compute dtype, its
