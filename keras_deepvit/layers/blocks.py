@@ -7,6 +7,7 @@ from keras import ops
 from keras_deepvit.layers.attention import MultiHeadSelfAttention
 from keras_deepvit.layers.dense import Dense
 from keras_deepvit.layers.drop_path import DropPath
+from keras_deepvit.layers.gradient_barrier import materialized_gradient
 from keras_deepvit.layers.initializers import dense_initializers, validate_initializer
 from keras_deepvit.layers.re_attention import ReAttention
 from keras_deepvit.layers.refiner_attention import RefinerAttention
@@ -191,6 +192,8 @@ class TransformerBlock(keras.layers.Layer):
         return x / ops.cast(self.scale_adjustment, x.dtype)
 
     def residual_mlp(self, x, training=None):
+        if training:
+            x = materialized_gradient(x)
         branch = call_sublayer(self.mlp, call_sublayer(self.norm2, self.scaled(x)), training=training)
         return x + call_sublayer(self.drop_path, self.unscaled(branch), training=training)
 
@@ -211,6 +214,8 @@ class TransformerBlock(keras.layers.Layer):
         # Not named `forward`: on the PyTorch backend a Keras layer is a `torch.nn.Module`,
         # whose `__call__` runs `forward` directly, so a `forward` here bypassed `call`
         # (and with it the rematerialisation) there.
+        if training:
+            inputs = materialized_gradient(inputs)
         result = call_sublayer(
             self.attn, call_sublayer(self.norm1, self.scaled(inputs)),
             return_attention_scores=return_attention_scores, training=training,
@@ -343,6 +348,8 @@ class RefinerBlock(TransformerBlock):
         return self.block_outputs(inputs, previous_attention, return_attention_scores, training=training)
 
     def block_outputs(self, inputs, previous_attention=None, return_attention_scores=False, training=None):
+        if training:
+            inputs = materialized_gradient(inputs)
         result = call_sublayer(
             self.attn, call_sublayer(self.norm1, self.scaled(inputs)), previous_attention=previous_attention,
             return_attention_scores=return_attention_scores, training=training,
