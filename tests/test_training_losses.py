@@ -161,8 +161,14 @@ def test_attention_similarity_trains_through_the_models_own_maps():
     before = [to_numpy(v).copy() for v in model.trainable_variables]
     history = wrapper.fit(images, {"logits": labels, "maps": labels}, epochs=1, verbose=0).history
     assert np.isfinite(history["maps_loss"][0]) and history["maps_loss"][0] != 0
-    changed = [not np.array_equal(to_numpy(v), b) for v, b in zip(model.trainable_variables, before)]
-    assert all(changed)
+    # The re-attention bias feeds a BatchNorm that uses batch statistics, which removes
+    # any per-channel constant: its gradient is zero up to rounding, and exactly zero
+    # for some inputs (then Adam leaves it where it was).
+    unchanged = [
+        v.path for v, b in zip(model.trainable_variables, before)
+        if np.array_equal(to_numpy(v), b) and not v.path.endswith("reatten_bias")
+    ]
+    assert not unchanged
 
 
 def test_losses_compute_in_float32_from_half_precision_logits():
