@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from keras import ops
 
-from helpers import compiled, gradients, to_numpy
+from helpers import compiled, gradients, rel_l2, to_numpy
 from keras_deepvit.layers import map_ops, remat, torch_like
 from keras_deepvit.layers.re_attention import ReAttention
 from keras_deepvit.layers.refiner_attention import DistributedLocalAttention
@@ -249,6 +249,53 @@ def test_fused_training_batch_norm_equals_keras_batch_norm(axis, shape):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-9)
     for a, b in zip(fused_grads, plain_grads):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * np.abs(b).max())
+
+
+@pytest.mark.skipif(keras.backend.backend() != "torch", reason="PyTorch's kernel; Keras' layer elsewhere")
+def test_fused_training_batch_norm_takes_bfloat16_maps_without_a_float32_copy(monkeypatch):
+    """Under mixed_bfloat16 the kernel gets the bfloat16 maps (its mixed-type form, float32
+    statistics); outputs, gradients and moving statistics stay Keras' float32-copy ones to
+    bfloat16 rounding."""
+    import torch
+
+    seen = []
+    native = torch.native_batch_norm
+
+    def spy(x, *args):
+        seen.append(x.dtype)
+        return native(x, *args)
+
+    rng = np.random.default_rng(5)
+    shape = (2, 6, 9, 9)
+    images = rng.normal(0.5, 2.0, shape).astype("float32")
+    target = rng.normal(size=shape).astype("float32")
+    gamma, beta = rng.normal(1.0, 0.2, 6), rng.normal(0.0, 0.2, 6)
+    results = []
+    for make in (torch_like.FusedTrainingBatchNormalization, keras.layers.BatchNormalization):
+        layer = make(axis=1, epsilon=1e-5, momentum=0.9, dtype="mixed_bfloat16")
+        layer.build(shape)
+        layer.gamma.assign(gamma.astype("float32"))
+        layer.beta.assign(beta.astype("float32"))
+        inputs = keras.Variable(images, dtype="bfloat16")
+        monkeypatch.setattr(torch, "native_batch_norm", spy)
+        outputs = layer(inputs, training=True)
+        monkeypatch.setattr(torch, "native_batch_norm", native)
+        assert keras.backend.standardize_dtype(outputs.dtype) == "bfloat16"
+        moving = [to_numpy(layer.moving_mean), to_numpy(layer.moving_variance)]
+        _, grads = gradients(
+            lambda layer=layer, inputs=inputs: ops.sum(
+                ops.cast(layer(inputs, training=True), "float32") * ops.convert_to_tensor(target)
+            ),
+            [inputs, layer.gamma, layer.beta],
+        )
+        results.append((to_numpy(ops.cast(outputs, "float32")), moving, grads))
+    assert seen == [torch.bfloat16]  # the fused layer's call; Keras' layer never calls it
+    (fused, fused_moving, fused_grads), (plain, plain_moving, plain_grads) = results
+    np.testing.assert_allclose(fused, plain, rtol=1e-2, atol=1e-2)  # one bfloat16 rounding
+    for a, b in zip(fused_moving, plain_moving):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    for a, b in zip(fused_grads, plain_grads):
+        assert rel_l2(a.astype("float32"), b.astype("float32")) < 1e-2
 
 
 def test_softmax_and_its_gradient_equal_keras_softmax():

@@ -64,11 +64,16 @@ class FusedTrainingBatchNormalization(keras.layers.BatchNormalization):
             return super().call(inputs, training=training, mask=mask)
         import torch
 
-        x = ops.cast(inputs, keras.backend.result_type(inputs.dtype, "float32"))
+        inputs = ops.convert_to_tensor(inputs)
+        statistics_dtype = keras.backend.result_type(inputs.dtype, "float32")
+        # Half-precision maps go to the kernel as they are: it accumulates in float32 and
+        # rounds its output once, as Keras' layer does with a float32 copy, without
+        # writing and differentiating that copy of the refiner's expanded maps.
+        x = inputs if _takes_half_inputs(inputs) else ops.cast(inputs, statistics_dtype)
         axis = self.axis % x.ndim
         channels_second = x.movedim(axis, 1) if axis != 1 else x
-        gamma = ops.cast(self.gamma, x.dtype) if self.scale else None
-        beta = ops.cast(self.beta, x.dtype) if self.center else None
+        gamma = ops.cast(self.gamma, statistics_dtype) if self.scale else None
+        beta = ops.cast(self.beta, statistics_dtype) if self.center else None
         outputs, mean, inverse_std = torch.native_batch_norm(
             channels_second, gamma, beta, None, None, True, 0.0, self.epsilon
         )
@@ -78,9 +83,18 @@ class FusedTrainingBatchNormalization(keras.layers.BatchNormalization):
             # The kernel's biased batch variance, back from 1 / sqrt(variance + eps) in
             # float64: exact to float32 rounding relative to variance + eps, the
             # quantity inference divides by.
-            variance = (inverse_std.double() ** -2 - self.epsilon).clamp_(min=0).to(x.dtype)
+            variance = (inverse_std.double() ** -2 - self.epsilon).clamp_(min=0).to(mean.dtype)
             update_moving_statistics(self, mean, variance)
         return ops.cast(outputs, self.compute_dtype)
+
+
+def _takes_half_inputs(inputs):
+    """Whether PyTorch's batch-norm kernel takes these half-precision inputs with float32
+    weights (its mixed-type form: bfloat16 on CPUs; CUDA takes float16 too)."""
+    dtype = keras.backend.standardize_dtype(inputs.dtype)
+    if dtype == "bfloat16":
+        return True
+    return dtype == "float16" and inputs.device.type == "cuda"
 
 
 def update_moving_statistics(layer, mean, variance):
