@@ -17,8 +17,8 @@ are unchanged (`g / 1` is exact); an infinite entry becomes NaN, and the step is
 not finite either way.
 
 Only JAX on a CPU gets the barrier. TensorFlow's XLA compiles a different gradient
-graph, where the barrier measured no gain; GPUs and the PyTorch backend have no
-such fusion pass. There it is the plain identity.
+graph, where the barrier measured no gain; XLA's GPU compiler fuses differently and
+was not measured; the PyTorch backend has no XLA. There it is the plain identity.
 """
 
 import functools
