@@ -3,6 +3,7 @@ machine runs them faster; the same values and gradients as Keras' own matmul, on
 backend, and the machine's answer measured once and cached."""
 
 import json
+import re
 
 import keras
 import numpy as np
@@ -34,30 +35,32 @@ def _rounded(x):
     return np.asarray(ops.convert_to_numpy(ops.cast(ops.cast(x, "bfloat16"), "float32")))
 
 
-def _gradients(function, a, b):
-    """Gradients of sum(function(a, b) * weights) with respect to a and b, as float32 numpy."""
-    weights = np.linspace(-1, 1, int(np.prod(ops.shape(function(a, b))))).reshape(ops.shape(function(a, b)))
-    weights = ops.cast(weights, "bfloat16")
+def _gradients(function, *inputs):
+    """Gradients of sum(function(*inputs) * weights) with respect to every input, as float32 numpy."""
+    shape = ops.shape(function(*inputs))
+    weights = ops.cast(np.linspace(-1, 1, int(np.prod(shape))).reshape(shape), "bfloat16")
+
+    def loss(*args):
+        return ops.sum(ops.cast(function(*args) * weights, "float32"))
+
     if BACKEND == "jax":
         import jax
 
-        grads = jax.grad(lambda p, q: ops.sum(ops.cast(function(p, q) * weights, "float32")), (0, 1))(a, b)
+        grads = jax.grad(loss, tuple(range(len(inputs))))(*inputs)
     elif BACKEND == "tensorflow":
         import tensorflow as tf
 
-        def tape_gradients(a, b):
+        def tape_gradients(*args):
             with tf.GradientTape() as tape:
-                tape.watch([a, b])
-                loss = ops.sum(ops.cast(function(a, b) * weights, "float32"))
-            return tape.gradient(loss, [a, b])
+                tape.watch(args)
+                value = loss(*args)
+            return tape.gradient(value, args)
 
-        grads = xla_compiled_on_tensorflow(tape_gradients)(a, b)
+        grads = xla_compiled_on_tensorflow(tape_gradients)(*inputs)
     else:
-        import torch
-
-        a, b = (t.detach().clone().requires_grad_(True) for t in (a, b))
-        ops.sum(ops.cast(function(a, b) * weights, "float32")).backward()
-        grads = (a.grad, b.grad)
+        inputs = [t.detach().clone().requires_grad_(True) for t in inputs]
+        loss(*inputs).backward()
+        grads = [t.grad for t in inputs]
     return [ops.convert_to_numpy(ops.cast(g, "float32")) for g in grads]
 
 
@@ -76,6 +79,66 @@ def test_values_and_gradients_equal_keras_matmul(wide_path, b_shape):
     for mine, theirs in zip(ours, keras_own):
         assert mine.shape == theirs.shape
         np.testing.assert_allclose(mine, theirs, rtol=3e-2, atol=3e-2 * np.abs(theirs).max())
+
+
+def test_bias_values_and_gradients_equal_the_float32_affine_map(wide_path):
+    rng = np.random.default_rng(2)
+    a = ops.cast(rng.normal(size=(2, 3, 6, 8)), "bfloat16")
+    b = ops.cast(rng.normal(size=(8, 5)), "bfloat16")
+    bias = ops.cast(rng.normal(size=(5,)), "bfloat16")
+
+    def ours(p, q, c):
+        return wide_matmul.matmul(p, q, bias=c)
+
+    def keras_own(p, q, c):
+        wide = ops.matmul(ops.cast(p, "float32"), ops.cast(q, "float32")) + ops.cast(c, "float32")
+        return ops.cast(wide, "bfloat16")
+
+    actual = xla_compiled_on_tensorflow(ours)(a, b, bias)
+    assert keras.backend.standardize_dtype(actual.dtype) == "bfloat16"
+    np.testing.assert_allclose(_rounded(actual), _rounded(keras_own(a, b, bias)), rtol=1e-2, atol=1e-2)
+    for mine, theirs in zip(_gradients(ours, a, b, bias), _gradients(keras_own, a, b, bias)):
+        assert mine.shape == theirs.shape
+        np.testing.assert_allclose(mine, theirs, rtol=3e-2, atol=3e-2 * np.abs(theirs).max())
+
+
+def _equations(jaxpr):
+    """Every equation of a jaxpr and of the jaxprs nested in its equations' parameters."""
+    for equation in jaxpr.eqns:
+        yield equation
+        for value in equation.params.values():
+            for inner in value if isinstance(value, (list, tuple)) else [value]:
+                inner = getattr(inner, "jaxpr", inner)
+                if hasattr(inner, "eqns"):
+                    yield from _equations(inner)
+
+
+def test_jax_dense_gradient_keeps_bfloat16_products_and_sums_its_bias_in_float32(wide_path):
+    if BACKEND != "jax":
+        pytest.skip("the JAX form of the wide product's gradient")
+    import jax
+
+    layer = Dense(12, dtype="mixed_bfloat16")
+    layer.build((2, 6, 8))
+    values = [variable.value for variable in layer.trainable_variables]
+    x = ops.cast(np.random.default_rng(3).normal(size=(2, 6, 8)), "bfloat16")
+
+    def loss(values, x):
+        with keras.StatelessScope(state_mapping=list(zip(layer.trainable_variables, values))):
+            return ops.sum(ops.cast(layer(x), "float32") ** 2)
+
+    gradient = jax.grad(loss, argnums=(0, 1))
+    # The bias gradient sums the bfloat16 upstream in float32: a bfloat16 sum is what
+    # XLA:CPU rewrote into a slow windowed reduction.
+    sums = [e for e in _equations(jax.make_jaxpr(gradient)(values, x).jaxpr) if e.primitive.name == "reduce_sum"]
+    assert sums and all(e.invars[0].aval.dtype != np.dtype("bfloat16") for e in sums)
+    # Forward, input and kernel gradient: three products, each of bfloat16 operands (the
+    # kernel gradient contracted as a 2-D product ran on float32 copies).
+    text = jax.jit(gradient).lower(values, x).compile().as_text()
+    types = dict(re.findall(r"%([\w.\-]+) = (\w+)\[", text))
+    products = re.findall(r"\sdot\(%([\w.\-]+), %([\w.\-]+)\)", text)
+    assert len(products) == 3
+    assert all(types[lhs] == types[rhs] == "bf16" for lhs, rhs in products), products
 
 
 def test_float32_inputs_take_keras_matmul_unchanged():

@@ -37,9 +37,7 @@ class Dense(keras.layers.Dense):
             return self._torch_linear(inputs, kernel)
         if not wide_matmul.bfloat16_pair(inputs, kernel):
             return super().call(inputs, training=training)
-        x = wide_matmul.matmul(inputs, kernel)
-        if self.bias is not None:
-            x = ops.add(x, self.bias)
+        x = wide_matmul.matmul(inputs, kernel, bias=self.bias)
         if self.activation is not None:
             x = self.activation(x)
         return x

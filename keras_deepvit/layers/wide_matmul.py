@@ -35,25 +35,36 @@ PROBE_SIZE = 512
 _LOCK = threading.Lock()
 
 
-def matmul(a, b):
-    """`keras.ops.matmul(a, b)`; for bfloat16 inputs under XLA on a CPU, accumulated in float32.
+def matmul(a, b, bias=None):
+    """`keras.ops.matmul(a, b)` (`+ bias`); for bfloat16 inputs under XLA on a CPU, accumulated in float32.
 
     `b` is either a matrix (a dense kernel, broadcast over `a`'s leading axes) or has
-    the same batch axes as `a`.
+    the same batch axes as `a`. `bias`, a vector over the output's last axis, is
+    added to the float32 accumulator before the one rounding to bfloat16 on JAX's
+    wide path (as PyTorch's bfloat16 `linear` adds it), and after the product
+    elsewhere.
 
     Example:
     >>> import numpy as np
     >>> a = keras.ops.ones((2, 3, 4), "bfloat16"); b = keras.ops.ones((4, 5), "bfloat16")
     >>> tuple(matmul(a, b).shape), keras.backend.standardize_dtype(matmul(a, b).dtype)
     ((2, 3, 5), 'bfloat16')
+    >>> float(keras.ops.convert_to_numpy(keras.ops.cast(matmul(a, b, bias=keras.ops.ones((5,), "bfloat16")), "float32"))[0, 0, 0])
+    5.0
     """
     if not bfloat16_pair(a, b) or not prefers_wide_accumulator():
-        return ops.matmul(a, b)
+        return _plus_bias(ops.matmul(a, b), bias)
     # Variables (a dense kernel, autocast to bfloat16 in a layer's call) as tensors.
     a, b = ops.convert_to_tensor(a), ops.convert_to_tensor(b)
     if keras.backend.backend() == "jax":
-        return _jax_wide_matmul()(a, b)
-    return _tensorflow_wide_matmul()(a, b)
+        if bias is None:
+            return _jax_wide_matmul()(a, b)
+        return _jax_wide_affine()(a, b, ops.convert_to_tensor(bias))
+    return _plus_bias(_tensorflow_wide_matmul()(a, b), bias)
+
+
+def _plus_bias(x, bias):
+    return x if bias is None else ops.add(x, bias)
 
 
 def bfloat16_pair(a, b):
@@ -228,33 +239,91 @@ def _weight_gradient_2d(a, upstream, product):
     return product(ops.transpose(a2), g2)
 
 
+def _jax_kernel_gradient(a, upstream):
+    """`a^T @ upstream` summed over every leading axis, accumulated in float32, rounded once.
+
+    One product contracting all the leading axes (not a 2-D reshape then a
+    transpose): XLA:CPU folds a 2-D transpose into the product, and a bfloat16
+    product with its left operand's contracted axis first runs as a float32
+    product of converted copies (jaxlib 0.10), at half the speed. With two or more
+    contracted axes XLA writes the transposed operand out and keeps the bfloat16 product.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    leading = tuple(range(a.ndim - 1))
+    product = jax.lax.dot_general(
+        a, upstream, ((leading, leading), ((), ())), preferred_element_type=jnp.float32
+    )
+    return product.astype(jnp.bfloat16)
+
+
+def _jax_product(p, q):
+    import jax.numpy as jnp
+
+    return jnp.matmul(p, q, preferred_element_type=jnp.float32)
+
+
+def _jax_wide_gradients(a, b, upstream):
+    """Gradients of `a @ b` (rounded once from float32) for a bfloat16 `upstream`."""
+    import jax.numpy as jnp
+
+    upstream = upstream.astype(jnp.bfloat16)
+    grad_a = _jax_product(upstream, jnp.swapaxes(b, -1, -2)).astype(jnp.bfloat16)
+    if b.ndim == 2:
+        grad_b = _jax_kernel_gradient(a, upstream)
+    else:
+        grad_b = _jax_product(jnp.swapaxes(a, -1, -2), upstream).astype(jnp.bfloat16)
+    return grad_a, grad_b, upstream
+
+
 @functools.lru_cache(maxsize=None)
 def _jax_wide_matmul():
     import jax
     import jax.numpy as jnp
 
-    def product(p, q):
-        return jnp.matmul(p, q, preferred_element_type=jnp.float32).astype(jnp.bfloat16)
-
     @jax.custom_vjp
     def wide(a, b):
-        return product(a, b)
+        return _jax_product(a, b).astype(jnp.bfloat16)
 
     def forward(a, b):
-        return product(a, b), (a, b)
+        return wide(a, b), (a, b)
 
     def backward(saved, upstream):
-        a, b = saved
-        upstream = upstream.astype(jnp.bfloat16)
-        grad_a = product(upstream, jnp.swapaxes(b, -1, -2))
-        if b.ndim == 2:
-            grad_b = _weight_gradient_2d(a, upstream, product)
-        else:
-            grad_b = product(jnp.swapaxes(a, -1, -2), upstream)
+        grad_a, grad_b, _ = _jax_wide_gradients(*saved, upstream)
         return grad_a, grad_b
 
     wide.defvjp(forward, backward)
     return wide
+
+
+@functools.lru_cache(maxsize=None)
+def _jax_wide_affine():
+    """`a @ b + bias` with the bias added in float32 before the rounding.
+
+    Its gradient sums the bfloat16 upstream into a float32 accumulator. As the
+    transpose of a bfloat16 broadcast, the same sum is a bfloat16 reduction that
+    XLA:CPU rewrites into a slow windowed reduction (one per dense layer).
+    """
+    import jax
+    import jax.numpy as jnp
+
+    @jax.custom_vjp
+    def affine(a, b, bias):
+        return (_jax_product(a, b) + bias.astype(jnp.float32)).astype(jnp.bfloat16)
+
+    def forward(a, b, bias):
+        return affine(a, b, bias), (a, b, bias)
+
+    def backward(saved, upstream):
+        a, b, bias = saved
+        grad_a, grad_b, upstream = _jax_wide_gradients(a, b, upstream)
+        rows = tuple(range(upstream.ndim - 1))
+        grad_bias = jnp.sum(upstream, axis=rows, dtype=jnp.float32).astype(bias.dtype)
+        return grad_a, grad_b, grad_bias
+
+    affine.defvjp(forward, backward)
+    return affine
 
 
 @functools.lru_cache(maxsize=None)
