@@ -60,3 +60,19 @@ def test_fit_in_mixed_precision(family, policy):
     logits = outputs["logits"] if isinstance(outputs, dict) else outputs
     assert _dtype(logits) in ("float32", HALF[policy])
     assert np.all(np.isfinite(keras.ops.convert_to_numpy(keras.ops.cast(logits, "float32"))))
+
+
+def test_tensorflow_trains_in_bfloat16_under_xla():
+    """Keras compiles TensorFlow's step without XLA on a CPU unless asked; the wide
+    bfloat16 products and their gradients run under XLA only (`wide_matmul`)."""
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("TensorFlow's XLA-compiled step; JAX always compiles with XLA (above)")
+    model = FAMILIES["pit"](dtype="mixed_bfloat16", **COMMON)
+    model.compile(
+        optimizer="adam", loss=keras.losses.CategoricalCrossentropy(from_logits=True), jit_compile=True
+    )
+    rng = np.random.default_rng(0)
+    images = rng.uniform(0, 255, (4, 32, 32, 3)).astype("float32")
+    labels = np.eye(4, dtype="float32")[np.arange(4)]
+    losses = [float(model.train_on_batch(images, labels)) for _ in range(3)]
+    assert np.all(np.isfinite(losses)), losses

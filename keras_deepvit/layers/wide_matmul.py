@@ -40,7 +40,7 @@ def matmul(a, b, bias=None):
 
     `b` is either a matrix (a dense kernel, broadcast over `a`'s leading axes) or has
     the same batch axes as `a`. `bias`, a vector over the output's last axis, is
-    added to the float32 accumulator before the one rounding to bfloat16 on JAX's
+    added to the float32 accumulator before the one rounding to bfloat16 on the
     wide path (as PyTorch's bfloat16 `linear` adds it), and after the product
     elsewhere.
 
@@ -60,7 +60,9 @@ def matmul(a, b, bias=None):
         if bias is None:
             return _jax_wide_matmul()(a, b)
         return _jax_wide_affine()(a, b, ops.convert_to_tensor(bias))
-    return _plus_bias(_tensorflow_wide_matmul()(a, b), bias)
+    if bias is None:
+        return _tensorflow_wide_matmul()(a, b)
+    return _tensorflow_wide_affine()(a, b, ops.convert_to_tensor(bias))
 
 
 def _plus_bias(x, bias):
@@ -231,31 +233,23 @@ def _tensorflow_product(p, q, adj_x=False, adj_y=False):
     return tf.cast(wide, tf.bfloat16)
 
 
-def _weight_gradient_2d(a, upstream, product):
-    """Gradient of a broadcast matrix `b`: `a^T @ upstream` over all leading axes."""
-    rows = a.shape[-1]
-    a2 = ops.reshape(a, (-1, rows))
-    g2 = ops.reshape(upstream, (-1, upstream.shape[-1]))
-    return product(ops.transpose(a2), g2)
+def _kernel_gradient(a, upstream, product, transpose_whole=False):
+    """Gradient of a broadcast matrix `b`: `a^T @ upstream` over all leading axes.
 
-
-def _jax_kernel_gradient(a, upstream):
-    """`a^T @ upstream` summed over every leading axis, accumulated in float32, rounded once.
-
-    One product contracting all the leading axes (not a 2-D reshape then a
-    transpose): XLA:CPU folds a 2-D transpose into the product, and a bfloat16
-    product with its left operand's contracted axis first runs as a float32
-    product of converted copies (jaxlib 0.10), at half the speed. With two or more
-    contracted axes XLA writes the transposed operand out and keeps the bfloat16 product.
+    With `transpose_whole` (JAX), an `a` of three or more axes is transposed whole,
+    then flattened, and XLA:CPU writes that copy out. The transpose of a flattened
+    2-D `a` it folds into the product instead, and a bfloat16 product whose left
+    operand is contracted over its first axis runs as a float32 product of
+    converted copies (jaxlib 0.10): half the speed of the bfloat16 product on the
+    copy. TensorFlow's XLA (2.21) has no CPU kernel for some of the products that
+    form leaves behind, so TensorFlow keeps the 2-D transpose.
     """
-    import jax
-    import jax.numpy as jnp
-
-    leading = tuple(range(a.ndim - 1))
-    product = jax.lax.dot_general(
-        a, upstream, ((leading, leading), ((), ())), preferred_element_type=jnp.float32
-    )
-    return product.astype(jnp.bfloat16)
+    rows = a.shape[-1]
+    flat_upstream = ops.reshape(upstream, (-1, upstream.shape[-1]))
+    if transpose_whole and len(a.shape) > 2:
+        transposed = ops.transpose(a, (len(a.shape) - 1,) + tuple(range(len(a.shape) - 1)))
+        return product(ops.reshape(transposed, (rows, -1)), flat_upstream)
+    return product(ops.transpose(ops.reshape(a, (-1, rows))), flat_upstream)
 
 
 def _jax_product(p, q):
@@ -271,7 +265,9 @@ def _jax_wide_gradients(a, b, upstream):
     upstream = upstream.astype(jnp.bfloat16)
     grad_a = _jax_product(upstream, jnp.swapaxes(b, -1, -2)).astype(jnp.bfloat16)
     if b.ndim == 2:
-        grad_b = _jax_kernel_gradient(a, upstream)
+        grad_b = _kernel_gradient(
+            a, upstream, lambda p, q: _jax_product(p, q).astype(jnp.bfloat16), transpose_whole=True
+        )
     else:
         grad_b = _jax_product(jnp.swapaxes(a, -1, -2), upstream).astype(jnp.bfloat16)
     return grad_a, grad_b, upstream
@@ -326,6 +322,19 @@ def _jax_wide_affine():
     return affine
 
 
+def _tensorflow_wide_gradients(a, b, upstream):
+    """Gradients of `a @ b` (rounded once from float32) for a bfloat16 `upstream`."""
+    import tensorflow as tf
+
+    upstream = tf.cast(upstream, tf.bfloat16)
+    grad_a = _tensorflow_product(upstream, b, adj_y=True)
+    if len(b.shape) == 2:
+        grad_b = _kernel_gradient(a, upstream, _tensorflow_product)
+    else:
+        grad_b = _tensorflow_product(a, upstream, adj_x=True)
+    return grad_a, grad_b, upstream
+
+
 @functools.lru_cache(maxsize=None)
 def _tensorflow_wide_matmul():
     import tensorflow as tf
@@ -333,14 +342,27 @@ def _tensorflow_wide_matmul():
     @tf.custom_gradient
     def wide(a, b):
         def gradient(upstream):
-            upstream = tf.cast(upstream, tf.bfloat16)
-            grad_a = _tensorflow_product(upstream, b, adj_y=True)
-            if len(b.shape) == 2:
-                grad_b = _weight_gradient_2d(a, upstream, _tensorflow_product)
-            else:
-                grad_b = _tensorflow_product(a, upstream, adj_x=True)
-            return grad_a, grad_b
+            return _tensorflow_wide_gradients(a, b, upstream)[:2]
 
         return _tensorflow_product(a, b), gradient
 
     return wide
+
+
+@functools.lru_cache(maxsize=None)
+def _tensorflow_wide_affine():
+    """`a @ b + bias` with the bias added in float32 before the rounding; see `_jax_wide_affine`."""
+    import tensorflow as tf
+
+    @tf.custom_gradient
+    def affine(a, b, bias):
+        def gradient(upstream):
+            grad_a, grad_b, upstream = _tensorflow_wide_gradients(a, b, upstream)
+            rows = list(range(len(upstream.shape) - 1))
+            grad_bias = tf.reduce_sum(tf.cast(upstream, tf.float32), axis=rows)
+            return grad_a, grad_b, tf.cast(grad_bias, bias.dtype)
+
+        wide = tf.raw_ops.BatchMatMulV3(x=a, y=b, Tout=tf.float32)
+        return tf.cast(wide + tf.cast(bias, tf.float32), tf.bfloat16), gradient
+
+    return affine
