@@ -12,13 +12,17 @@
 - `distribution_scope`: JAX `DataParallel` (multi-host too) or TensorFlow
   `MirroredStrategy`.
 - `run_training(TrainingConfig(...))`: the `keras-deepvit train` job.
+
+The data pipelines, the augmentation and the job need TensorFlow (`tf.data`) and
+are imported on first use: the recipe, the losses and the optimiser do not import
+it, so a PyTorch or JAX user of `model.fit` does not load TensorFlow (about 420 MB
+resident).
 """
 
-from keras_deepvit.training.augment import AugmentConfig, augment_dataset
-from keras_deepvit.training.data import DatasetInfo, eval_transform, load_dataset
+import importlib
+
 from keras_deepvit.training.distillation import DistillationModel
 from keras_deepvit.training.distribute import describe_distribution, distribution_scope
-from keras_deepvit.training.job import TrainingConfig, run_training
 from keras_deepvit.training.losses import (
     AttentionSimilarityLoss,
     DistillationLoss,
@@ -35,6 +39,13 @@ from keras_deepvit.training.recipe import (
     scaled_learning_rate,
 )
 
+#: Names whose modules import TensorFlow, each imported on first access.
+_NEEDS_TENSORFLOW = {
+    "AugmentConfig": "augment", "augment_dataset": "augment",
+    "DatasetInfo": "data", "eval_transform": "data", "load_dataset": "data",
+    "TrainingConfig": "job", "run_training": "job",
+}
+
 __all__ = [
     "AttentionSimilarityLoss", "AugmentConfig", "DatasetInfo", "DistillationLoss", "DistillationModel",
     "Recipe", "TokenLabelCrossEntropy", "TrainingConfig", "augment_dataset", "build_optimizer",
@@ -42,3 +53,15 @@ __all__ = [
     "learning_rate_schedule", "load_dataset", "no_weight_decay_variables", "paper_drop_path_rate",
     "recipe", "run_training", "scaled_learning_rate",
 ]
+
+
+def __getattr__(name):
+    if name not in _NEEDS_TENSORFLOW:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_NEEDS_TENSORFLOW[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))
