@@ -13,6 +13,12 @@ Adam step, so the kernel gets `weight_decay=0`; and Keras adds `eps` to
 `sqrt(v)` before the bias correction where PyTorch adds it after, so the kernel
 gets `eps / sqrt(1 - beta_2**t)`, which makes the two the same. On TensorFlow and
 JAX, with `amsgrad`, or where the kernel is missing, this is Keras' AdamW.
+
+On PyTorch it also drops each weight's `.grad` once the update is applied. Keras'
+PyTorch train step clears them only after its next forward pass (`zero_grad`
+follows the model call), so a weights-sized set of stale gradients sat in memory
+through every forward pass, where a step's memory peaks; PyTorch's own loop
+(`zero_grad(set_to_none=True)` first) never holds them there.
 """
 
 import keras
@@ -35,7 +41,13 @@ class AdamW(keras.optimizers.AdamW):
 
     def _backend_update_step(self, grads, trainable_variables, learning_rate):
         if not self._uses_fused_kernel(trainable_variables):
-            return self._keras_update_step(grads, trainable_variables, learning_rate)
+            self._keras_update_step(grads, trainable_variables, learning_rate)
+        else:
+            self._fused_update_step(grads, trainable_variables, learning_rate)
+        if keras.backend.backend() == "torch":
+            release_gradients(trainable_variables)
+
+    def _fused_update_step(self, grads, trainable_variables, learning_rate):
         import torch
 
         with torch.no_grad():
@@ -73,3 +85,20 @@ class AdamW(keras.optimizers.AdamW):
             with torch.no_grad():
                 return TorchAdam._parallel_update_step(self, grads, trainable_variables, learning_rate)
         return super()._backend_update_step(grads, trainable_variables, learning_rate)
+
+
+def release_gradients(variables):
+    """Sets the PyTorch `.grad` of each Keras variable to None (PyTorch backend).
+
+    The tensors are freed once the caller's own references to them (Keras' train
+    step holds the list it passed to `apply` until it returns) are gone.
+
+    Example:
+    >>> import numpy as np
+    >>> weights = keras.Variable(np.ones((2,), "float32"))
+    >>> release_gradients([weights])
+    """
+    for variable in variables:
+        value = getattr(variable, "value", None)
+        if getattr(value, "grad", None) is not None:
+            value.grad = None
