@@ -240,8 +240,8 @@ def _kernel_gradient(a, upstream, product, transpose_whole=False):
     then flattened, and XLA:CPU writes that copy out. The transpose of a flattened
     2-D `a` it folds into the product instead, and a bfloat16 product whose left
     operand is contracted over its first axis runs as a float32 product of
-    converted copies (jaxlib 0.10): half the speed of the bfloat16 product on the
-    copy. TensorFlow's XLA (2.21) has no CPU kernel for some of the products that
+    converted copies (jaxlib 0.10), slower than the bfloat16 product on the copy
+    (docs/performance.md). TensorFlow's XLA (2.21) has no CPU kernel for some of the products that
     form leaves behind, so TensorFlow keeps the 2-D transpose.
     """
     rows = a.shape[-1]

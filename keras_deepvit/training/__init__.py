@@ -15,8 +15,8 @@
 
 The data pipelines, the augmentation and the job need TensorFlow (`tf.data`) and
 are imported on first use: the recipe, the losses and the optimiser do not import
-it, so a PyTorch or JAX user of `model.fit` does not load TensorFlow (about 420 MB
-resident).
+it, so a PyTorch or JAX user of `model.fit` does not load TensorFlow
+(docs/performance.md, training memory).
 """
 
 import importlib
