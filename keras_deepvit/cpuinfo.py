@@ -3,7 +3,7 @@
 The frameworks' CPU code chooses its kernels from the CPU's features (oneDNN and
 XLA:CPU use AVX-512, AVX512-BF16 and AMX where present), so a speed measured on one
 CPU kind says little about another. The benchmark prints this description above
-its tables, and `keras_deepvit.layers.wide_matmul` keys its cached measurements
+its tables, and `keras_deepvit.layers.machine_facts` keys its cached measurements
 by it. This module imports nothing of Keras or the frameworks, so anything in the
 package may use it.
 """

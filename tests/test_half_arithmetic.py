@@ -12,7 +12,7 @@ from keras import ops
 
 from helpers import asked_while_tracing_for_xla, xla_compiled_on_tensorflow
 from keras_deepvit import cpuinfo
-from keras_deepvit.layers import half_arithmetic, map_ops, wide_matmul
+from keras_deepvit.layers import half_arithmetic, machine_facts, map_ops
 
 BACKEND = keras.backend.backend()
 #: Backends with a float32 form (TensorFlow's only inside functions XLA compiles).
@@ -115,7 +115,7 @@ def test_preference_is_measured_once_and_cached(monkeypatch, tmp_path):
         if BACKEND not in XLA_BACKENDS:
             assert answer is False and not calls
             return
-        if wide_matmul._has_gpu(BACKEND):
+        if machine_facts.has_gpu(BACKEND):
             pytest.skip("GPUs keep half-precision arithmetic; the probe runs on CPUs only")
         assert answer is True and calls == ["bfloat16"]
         facts = json.loads((tmp_path / "keras_deepvit" / "machine_facts.json").read_text())

@@ -315,6 +315,31 @@ def test_softmax_and_its_gradient_equal_keras_softmax():
     )
 
 
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16", "float32"])
+def test_attention_softmax_is_the_float32_softmax_rounded_once(dtype):
+    values = RNG.normal(size=(2, 3, 5, 7)).astype("float32") * 3
+    logits = ops.cast(values, dtype)
+    expected = ops.cast(ops.softmax(ops.cast(logits, "float32"), axis=-1), dtype)
+    actual = map_ops.attention_softmax(logits)
+    assert keras.backend.standardize_dtype(actual.dtype) == dtype
+    np.testing.assert_array_equal(to_numpy(ops.cast(actual, "float32")), to_numpy(ops.cast(expected, "float32")))
+    upstream = ops.cast(RNG.normal(size=values.shape).astype("float32"), dtype)
+    variable = keras.Variable(logits, dtype=dtype)
+
+    def loss(softmax):
+        return lambda: ops.sum(ops.cast(softmax(variable) * upstream, "float32"))
+
+    _, (expected_grad,) = gradients(
+        loss(lambda x: ops.cast(map_ops.softmax(ops.cast(x, "float32")), dtype)), [variable]
+    )
+    _, (actual_grad,) = gradients(loss(map_ops.attention_softmax), [variable])
+    # PyTorch's half kernel differentiates through the rounded probabilities: within an ulp.
+    tolerance = {"float32": 1e-6, "float16": 2e-3, "bfloat16": 1.6e-2}[dtype]
+    np.testing.assert_allclose(
+        np.asarray(actual_grad, "float32"), np.asarray(expected_grad, "float32"), atol=tolerance
+    )
+
+
 def test_fused_attention_equals_explicit_attention_with_its_gradient():
     # Heads first as `split_heads` makes them: strided views of one `qkv` tensor.
     qkv_values = RNG.normal(size=(2, 7, 3, 2, 4)).astype("float32")

@@ -12,7 +12,7 @@ from keras import ops
 
 from helpers import asked_while_tracing_for_xla, xla_compiled_on_tensorflow
 from keras_deepvit import cpuinfo
-from keras_deepvit.layers import wide_matmul
+from keras_deepvit.layers import machine_facts, wide_matmul
 from keras_deepvit.layers.dense import Dense
 
 BACKEND = keras.backend.backend()
@@ -177,7 +177,7 @@ def test_preference_is_measured_once_and_cached(monkeypatch, tmp_path):
         if BACKEND not in WIDE_BACKENDS:
             assert answer is False and not calls  # PyTorch's bfloat16 GEMM is wide already
             return
-        if wide_matmul._has_gpu(BACKEND):
+        if machine_facts.has_gpu(BACKEND):
             pytest.skip("GPUs keep keras.ops.matmul; the probe runs on CPUs only")
         assert answer is True and calls == [BACKEND]
         facts = json.loads((tmp_path / "keras_deepvit" / "machine_facts.json").read_text())

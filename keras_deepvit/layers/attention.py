@@ -3,7 +3,7 @@
 import keras
 from keras import ops
 
-from keras_deepvit.layers import map_ops, wide_matmul
+from keras_deepvit.layers import attention_form, map_ops, wide_matmul
 from keras_deepvit.layers.dense import Dense
 from keras_deepvit.layers.initializers import dense_initializers, validate_initializer
 from keras_deepvit.layers.sublayer_call import call_sublayer
@@ -28,7 +28,8 @@ class MultiHeadSelfAttention(keras.layers.Layer):
     When the maps are neither transformed nor requested, the layer calls
     `keras.ops.dot_product_attention`, which uses the backend's fused kernel
     (flash / cuDNN attention where available), wherever that kernel is faster
-    than the explicit form (`map_ops.has_fused_attention`: not XLA on a CPU).
+    than the explicit form (`attention_form.prefers_fused_attention`: never under
+    XLA on a CPU; measured per shape on the PyTorch backend's CPU).
 
     Args:
         num_heads: int, number of heads; must divide the input width.
@@ -151,7 +152,7 @@ class MultiHeadSelfAttention(keras.layers.Layer):
         else:
             root = ops.cast(query_scale, q.dtype)
             logits = wide_matmul.matmul(q * root, ops.swapaxes(k * root, -1, -2))
-        return ops.cast(map_ops.softmax(ops.cast(logits, "float32")), q.dtype)
+        return map_ops.attention_softmax(logits)
 
     def query_chunks(self, q, k):
         """In how many query chunks plain attention runs: 1 unless JAX compiles it for a CPU.
@@ -198,7 +199,7 @@ class MultiHeadSelfAttention(keras.layers.Layer):
             or self.transforms_attention
             or (training and self.attention_dropout > 0)
         )
-        if use_fused and map_ops.has_fused_attention():
+        if use_fused and attention_form.prefers_fused_attention(q, k):
             out = self.merge_heads(map_ops.fused_attention(q, k, v, self.scale))
             return self.output_projection(out, training=training)
         chunks = self.query_chunks(q, k) if use_fused else 1

@@ -24,7 +24,7 @@ import functools
 import keras
 from keras import ops
 
-from keras_deepvit.layers import wide_matmul
+from keras_deepvit.layers import machine_facts, wide_matmul
 
 HALF = ("bfloat16", "float16")
 #: Probe maps `(batch, channels, rows, cols)`: large enough to be memory-bound as the
@@ -63,11 +63,11 @@ def prefers_float32(x):
         return False
     backend = keras.backend.backend()
     if backend == "jax":
-        return not wide_matmul._has_gpu(backend) and _measured_preference(backend, dtype)
+        return not machine_facts.has_gpu(backend) and _measured_preference(backend, dtype)
     if backend == "tensorflow":
         return (
             wide_matmul._tensorflow_compiles_with_xla()
-            and not wide_matmul._has_gpu(backend)
+            and not machine_facts.has_gpu(backend)
             and _measured_preference(backend, dtype)
         )
     return False
@@ -79,8 +79,8 @@ def _measured_preference(backend, dtype):
         half, single = _time_both_forms(backend, dtype)
         return {"half_s": half, "float32_s": single, "float32": single < half}
 
-    key = f"{wide_matmul._machine_key(backend)} | {dtype} map arithmetic"
-    return bool(wide_matmul.measured_fact(key, measure)["float32"])
+    key = f"{machine_facts.framework_key(backend)} | {dtype} map arithmetic"
+    return bool(machine_facts.measured_fact(key, measure)["float32"])
 
 
 def _shifted_sum(maps, weights):
@@ -118,8 +118,8 @@ def _time_both_forms(backend, dtype):
         weights = jnp.full((9,), 0.5, jnp.float32)
         half, single = (jax.jit(f) for f in _both_forms(dtype, lambda t, d: t.astype(d)))
         return (
-            wide_matmul._best_of(lambda: half(maps, weights).block_until_ready()),
-            wide_matmul._best_of(lambda: single(maps, weights).block_until_ready()),
+            machine_facts.best_time(lambda: half(maps, weights).block_until_ready()),
+            machine_facts.best_time(lambda: single(maps, weights).block_until_ready()),
         )
 
 
@@ -134,6 +134,6 @@ def _time_both_tensorflow_forms(dtype):
             tf.function(f, jit_compile=True) for f in _both_forms(dtype, tf.cast)
         )
         return (
-            wide_matmul._best_of(lambda: half(maps, weights).numpy()),
-            wide_matmul._best_of(lambda: single(maps, weights).numpy()),
+            machine_facts.best_time(lambda: half(maps, weights).numpy()),
+            machine_facts.best_time(lambda: single(maps, weights).numpy()),
         )

@@ -124,6 +124,29 @@ def softmax(logits):
     return ops.softmax(logits, axis=-1)
 
 
+def attention_softmax(logits):
+    """Softmax over the last axis, accumulated in float32, returned in the logits' dtype.
+
+    Half-precision logits (mixed precision) are normalised in float32 and rounded
+    once. PyTorch's half-precision softmax kernels do that themselves, forward and
+    backward, so on that backend they run on the logits as they are: the explicit
+    casts around a float32 softmax made two more passes over the `N x N` maps each
+    way (docs/performance.md). The values are the same; the gradient reads the
+    rounded probabilities, as under PyTorch's autocast. Elsewhere the casts fuse
+    into XLA's kernels, and TensorFlow's graph mode has no such kernel.
+
+    Example:
+    >>> import numpy as np
+    >>> p = attention_softmax(np.array([[0.0, 0.0, np.log(2.0)]], "float32"))
+    >>> [round(float(v), 6) for v in keras.ops.convert_to_numpy(p)[0]]
+    [0.25, 0.25, 0.5]
+    """
+    dtype = keras.backend.standardize_dtype(logits.dtype)
+    if dtype == "float32" or keras.backend.backend() == "torch":
+        return softmax(logits)
+    return ops.cast(softmax(ops.cast(logits, "float32")), dtype)
+
+
 @functools.lru_cache(maxsize=None)
 def _jax_softmax():
     import jax

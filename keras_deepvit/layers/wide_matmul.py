@@ -19,20 +19,15 @@ already accumulates in float32) keep `keras.ops.matmul`.
 """
 
 import functools
-import json
-import os
-import threading
-import time
 
 import keras
 from keras import ops
 
-from keras_deepvit.cpuinfo import cpu_identity
+from keras_deepvit.layers import machine_facts
 
 #: Square size of the probe GEMM: large enough to reach the GEMM kernels' speed,
 #: small enough that the probe costs well under a second.
 PROBE_SIZE = 512
-_LOCK = threading.Lock()
 
 
 def matmul(a, b, bias=None):
@@ -95,9 +90,9 @@ def prefers_wide_accumulator():
     """
     backend = keras.backend.backend()
     if backend == "jax":
-        return not _has_gpu(backend) and _measured_preference(backend)
+        return not machine_facts.has_gpu(backend) and _measured_preference(backend)
     if backend == "tensorflow":
-        return _tensorflow_compiles_with_xla() and not _has_gpu(backend) and _measured_preference(backend)
+        return _tensorflow_compiles_with_xla() and not machine_facts.has_gpu(backend) and _measured_preference(backend)
     return False
 
 
@@ -115,82 +110,12 @@ def _tensorflow_compiles_with_xla():
 
 
 @functools.lru_cache(maxsize=None)
-def _has_gpu(backend):
-    if backend == "jax":
-        import jax
-
-        return jax.default_backend() != "cpu"
-    import tensorflow as tf
-
-    return bool(tf.config.list_logical_devices("GPU"))
-
-
-@functools.lru_cache(maxsize=None)
 def _measured_preference(backend):
     def measure():
         narrow, wide = _time_both_forms(backend)
         return {"bfloat16_out_s": narrow, "float32_out_s": wide, "wide": wide < narrow}
 
-    return bool(measured_fact(_machine_key(backend), measure)["wide"])
-
-
-def measured_fact(key, measure):
-    """The cached entry `key` of this machine's measurements, made by `measure()` if missing.
-
-    Entries live in `$KERAS_HOME/keras_deepvit/machine_facts.json`, one dict per key
-    (a CPU identity, a backend version and what was measured).
-    """
-    with _LOCK:
-        cache = _cache_path()
-        facts = _read_facts(cache)
-        if key not in facts:
-            facts[key] = measure()
-            _write_facts(cache, facts)
-        return facts[key]
-
-
-def _machine_key(backend):
-    if backend == "jax":
-        import jax as framework
-    else:
-        import tensorflow as framework
-    return f"{cpu_identity()} | {backend} {framework.__version__}"
-
-
-def _cache_path():
-    home = os.environ.get("KERAS_HOME", os.path.join(os.path.expanduser("~"), ".keras"))
-    return os.path.join(home, "keras_deepvit", "machine_facts.json")
-
-
-def _read_facts(path):
-    try:
-        with open(path) as file:
-            facts = json.load(file)
-        return facts if isinstance(facts, dict) else {}
-    except (OSError, ValueError):
-        return {}
-
-
-def _write_facts(path, facts):
-    # Written whole to a temporary file and renamed: a reader never sees half a file.
-    try:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        temporary = f"{path}.{os.getpid()}.tmp"
-        with open(temporary, "w") as file:
-            json.dump(facts, file, indent=1, sort_keys=True)
-        os.replace(temporary, path)
-    except OSError:
-        pass  # A read-only home only costs the probe again in the next process.
-
-
-def _best_of(run, repeats=5):
-    run()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        best = min(best, time.perf_counter() - start)
-    return best
+    return bool(machine_facts.measured_fact(machine_facts.framework_key(backend), measure)["wide"])
 
 
 def _time_both_forms(backend):
@@ -207,8 +132,8 @@ def _time_both_forms(backend):
         narrow = jax.jit(lambda p, q: p @ q)
         wide = jax.jit(lambda p, q: jnp.matmul(p, q, preferred_element_type=jnp.float32))
         return (
-            _best_of(lambda: narrow(x, x).block_until_ready()),
-            _best_of(lambda: wide(x, x).block_until_ready()),
+            machine_facts.best_time(lambda: narrow(x, x).block_until_ready()),
+            machine_facts.best_time(lambda: wide(x, x).block_until_ready()),
         )
 
 
@@ -221,8 +146,8 @@ def _time_both_tensorflow_forms():
         narrow = tf.function(lambda p, q: tf.matmul(p, q), jit_compile=True)
         wide = tf.function(lambda p, q: _tensorflow_product(p, q), jit_compile=True)
         return (
-            _best_of(lambda: narrow(x, x).numpy()),
-            _best_of(lambda: wide(x, x).numpy()),
+            machine_facts.best_time(lambda: narrow(x, x).numpy()),
+            machine_facts.best_time(lambda: wide(x, x).numpy()),
         )
 
 
