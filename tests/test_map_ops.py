@@ -120,6 +120,35 @@ def test_conv_valid_equals_keras_conv_with_its_gradients(size, kernel, strides, 
         np.testing.assert_allclose(grad, expected_grad, rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.parametrize("kernel, strides", [((16, 16), (8, 8)), ((4, 4), (4, 4)), ((3, 3), (1, 1))])
+@pytest.mark.parametrize("differentiated", [False, True])
+def test_conv_valid_adds_its_bias_with_the_bias_gradient(kernel, strides, differentiated):
+    images = keras.Variable(RNG.normal(size=(2, 24, 24, 3)).astype("float32"))
+    weights = keras.Variable(RNG.normal(size=kernel + (3, 5)).astype("float32"))
+    bias = keras.Variable(RNG.normal(size=(5,)).astype("float32"))
+    cotangent = None
+
+    def ours(x, w, b):
+        return map_ops.conv_valid(x, w, strides, differentiated=differentiated, padding=1, bias=b)
+
+    def reference(x, w, b):
+        return map_ops.conv_valid(x, w, strides, differentiated=differentiated, padding=1) + b
+
+    expected = to_numpy(reference(images.value, weights.value, bias.value))
+    np.testing.assert_allclose(
+        to_numpy(compiled(ours)(images.value, weights.value, bias.value)), expected, rtol=1e-5, atol=1e-4
+    )
+    cotangent = ops.convert_to_tensor(RNG.normal(size=expected.shape).astype("float32"))
+
+    def loss(conv):
+        return lambda: ops.sum(conv(images.value, weights.value, bias.value) * cotangent)
+
+    _, grads = gradients(loss(ours), [images, weights, bias])
+    _, expected_grads = gradients(loss(reference), [images, weights, bias])
+    for grad, expected_grad in zip(grads, expected_grads):
+        np.testing.assert_allclose(grad, expected_grad, rtol=1e-5, atol=1e-4)
+
+
 @pytest.mark.parametrize("kernel, strides, padding", [((7, 7), 2, 3), ((3, 3), 1, 1)])  # the CNN stems'
 @pytest.mark.parametrize("differentiated", [False, True])
 def test_conv_valid_padding_equals_the_convolution_of_padded_images(kernel, strides, padding, differentiated):

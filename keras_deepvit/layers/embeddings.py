@@ -5,7 +5,11 @@ from keras import ops
 
 from keras_deepvit.layers.initializers import conv_initializers, trunc_normal
 from keras_deepvit.layers.map_ops import conv_valid
-from keras_deepvit.layers.torch_like import torch_batch_norm
+from keras_deepvit.layers.torch_like import (
+    batch_norm_fold,
+    batch_norm_uses_batch_statistics,
+    torch_batch_norm,
+)
 
 
 def _pair(value, what):
@@ -158,7 +162,16 @@ class ConvStemPatchEmbedding(keras.layers.Layer):
         x = inputs
         for i, (conv, norm) in enumerate(zip(self.stem_convs, self.stem_norms)):
             pad = 3 if i == 0 else 1
-            x = ops.relu(norm(_conv(conv, x, differentiated, padding=pad), training=training))
+            if batch_norm_uses_batch_statistics(norm, training):
+                x = norm(_conv(conv, x, differentiated, padding=pad), training=training)
+            else:
+                # With moving statistics the BatchNorm is an affine map per channel:
+                # folded into the convolution's kernel and bias, it costs no passes
+                # over the `112 x 112` maps of its own (Keras normalises half
+                # precision on a float32 copy: three passes and two casts).
+                scale, shift = batch_norm_fold(norm, bias=conv.bias if conv.use_bias else None)
+                x = _conv(conv, x, differentiated, padding=pad, kernel_scale=scale, bias=shift)
+            x = ops.relu(x)
         return _conv(self.proj, x, differentiated)
 
     def compute_output_shape(self, input_shape):
@@ -178,19 +191,23 @@ class ConvStemPatchEmbedding(keras.layers.Layer):
         return config
 
 
-def _conv(layer, inputs, differentiated, padding=0):
+def _conv(layer, inputs, differentiated, padding=0, kernel_scale=None, bias=None):
     """`layer(inputs)` for a "valid" `Conv2D` after `padding` zeros each side, computed
-    by `map_ops.conv_valid`.
+    by `map_ops.conv_valid`; with `kernel_scale` (per output channel) and `bias`, the
+    convolution by the scaled kernel plus `bias`, in place of the layer's own bias.
 
     The `Conv2D` layer owns the weights (and their names in checkpoints); the
     function picks the fastest form of the convolution for the backend.
     """
-    outputs = conv_valid(
-        inputs, layer.kernel, layer.strides, differentiated=bool(differentiated), padding=padding
+    kernel = layer.kernel
+    if kernel_scale is not None:
+        kernel = ops.cast(kernel, "float32") * kernel_scale
+    if bias is None and layer.use_bias:
+        bias = layer.bias
+    return conv_valid(
+        inputs, kernel, layer.strides, differentiated=bool(differentiated), padding=padding,
+        bias=bias,
     )
-    if layer.use_bias:
-        outputs = outputs + ops.cast(layer.bias, outputs.dtype)
-    return outputs
 
 
 def _grow(size, amount):

@@ -434,7 +434,7 @@ def _shifted_sum(inputs, kernel, stride, channels_first):
     return ops.reshape(total, (-1, rows, cols, channels * multiplier))
 
 
-def conv_valid(inputs, kernel, strides=1, differentiated=False, padding=0):
+def conv_valid(inputs, kernel, strides=1, differentiated=False, padding=0, bias=None):
     """Dense 2-D convolution of channels-last images, "valid" after `padding` zeros each side.
 
     PyTorch and TensorFlow (graph or XLA) run their own convolution (PyTorch on
@@ -462,6 +462,10 @@ def conv_valid(inputs, kernel, strides=1, differentiated=False, padding=0):
             convolution asymmetrically at even sizes). On PyTorch the
             convolution pads inside its kernel: a padded channels-last copy
             cost the next NCHW copy a full transpose of the maps.
+        bias: optional `(out_channels,)`, added inside the convolution where the
+            backend can (PyTorch's kernel; the float32 accumulator of JAX's
+            matmul forms, as `wide_matmul.matmul` adds a dense bias) instead of
+            in another pass over the output.
 
     Returns:
         `(batch, (rows + 2p - kh) // sh + 1, (cols + 2p - kw) // sw + 1, out_channels)`.
@@ -476,7 +480,7 @@ def conv_valid(inputs, kernel, strides=1, differentiated=False, padding=0):
     kernel = ops.cast(kernel, inputs.dtype)
     strides = (strides, strides) if isinstance(strides, int) else tuple(strides)
     if keras.backend.backend() == "torch":
-        return _torch_conv_valid(inputs, kernel, strides, padding)
+        return _torch_conv_valid(inputs, kernel, strides, padding, bias)
     if padding:
         inputs = ops.pad(inputs, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
     kh, kw, in_channels, out_channels = kernel.shape
@@ -488,10 +492,11 @@ def conv_valid(inputs, kernel, strides=1, differentiated=False, padding=0):
         or not (patchify or differentiated)
     ):
         # XLA:CPU has no fast half-precision convolution (see `half_arithmetic`).
-        return half_arithmetic.in_float32(
-            lambda x: ops.conv(x, ops.cast(kernel, x.dtype), strides=strides, padding="valid"),
-            ops.convert_to_tensor(inputs),
-        )
+        def convolve(x):
+            out = ops.conv(x, ops.cast(kernel, x.dtype), strides=strides, padding="valid")
+            return out if bias is None else out + ops.cast(bias, x.dtype)
+
+        return half_arithmetic.in_float32(convolve, ops.convert_to_tensor(inputs))
     rows = (inputs.shape[1] - kh) // strides[0] + 1
     cols = (inputs.shape[2] - kw) // strides[1] + 1
     if patchify:
@@ -511,10 +516,11 @@ def conv_valid(inputs, kernel, strides=1, differentiated=False, padding=0):
             axis=-1,
         )
     # Patch features are ordered (tap row, tap column, channel): the kernel's own order.
-    return wide_matmul.matmul(patches, ops.reshape(kernel, (kh * kw * in_channels, out_channels)))
+    kernel = ops.reshape(kernel, (kh * kw * in_channels, out_channels))
+    return wide_matmul.matmul(patches, kernel, bias=bias)
 
 
-def _torch_conv_valid(inputs, kernel, strides, padding=0):
+def _torch_conv_valid(inputs, kernel, strides, padding=0, bias=None):
     """`conv_valid` on PyTorch: the convolution on a contiguous NCHW copy of the images.
 
     Keras' PyTorch convolution permutes channels-last images to NCHW without
@@ -526,7 +532,11 @@ def _torch_conv_valid(inputs, kernel, strides, padding=0):
     NHWC view of the NCHW output.
     """
     images = ops.convert_to_tensor(inputs).permute(0, 3, 1, 2).contiguous()
-    outputs = _torch_eager_conv2d(images, kernel.permute(3, 2, 0, 1), stride=strides, padding=padding)
+    if bias is not None:
+        bias = ops.cast(bias, kernel.dtype)
+    outputs = _torch_eager_conv2d(
+        images, kernel.permute(3, 2, 0, 1), bias=bias, stride=strides, padding=padding
+    )
     return outputs.permute(0, 2, 3, 1)
 
 
