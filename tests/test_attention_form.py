@@ -103,3 +103,28 @@ def test_the_layer_follows_the_choice_with_the_same_values(monkeypatch, fused):
     explicit, _ = layer(tokens, return_attention_scores=True)  # never fused
     np.testing.assert_allclose(out, keras.ops.convert_to_numpy(explicit), atol=1e-5)
     assert bool(kernel_calls) is fused
+
+
+@torch_only
+def test_the_probe_runs_inside_a_rematerialized_block_and_its_recomputation(private_facts):
+    """The probe's own backward pass must not go through the checkpoint's saved-tensor
+    hooks (it recomputed the block, which asked the probe again: a deadlock)."""
+    import threading
+
+    from keras_deepvit.layers import TransformerBlock
+
+    block = TransformerBlock(num_heads=2, rematerialize=True)
+    tokens = keras.Variable(np.random.default_rng(1).standard_normal((2, 5, 8)).astype("float32"))
+    block.build(tokens.shape)
+    done = []
+
+    def step():
+        out = block(tokens.value, training=True)
+        out.sum().backward()
+        done.append(tokens.value.grad is not None)
+
+    worker = threading.Thread(target=step, daemon=True)
+    worker.start()
+    worker.join(timeout=120)
+    assert done == [True], "the training step with an unmeasured attention shape did not finish"
+    assert any("forward and backward" in key for key in json.loads(private_facts.read_text()))

@@ -13,6 +13,7 @@ backward, and keeps the answer as a fact of the machine (`machine_facts`).
 """
 
 import functools
+import threading
 
 import keras
 
@@ -84,7 +85,31 @@ def _explicit_torch_attention(q, k, v, scale):
 
 
 def _time_torch_forms(dtype, training, shape):
-    """Seconds of the explicit and of the fused form on random tensors of `shape`."""
+    """Seconds of the explicit and of the fused form on random tensors of `shape`.
+
+    Measured on a thread of its own: the caller may be inside a checkpointed
+    forward pass (`rematerialize_blocks=True`), whose saved-tensor hooks (like grad
+    mode) are per thread. On the caller's thread the probe's own backward pass
+    would unpack its saved tensors through them, recomputing the block, which
+    asks this probe again.
+    """
+    results = []
+
+    def run():
+        try:
+            results.append(_time_torch_forms_here(dtype, training, shape))
+        except BaseException as error:  # noqa: BLE001 - re-raised on the caller's thread
+            results.append(error)
+
+    worker = threading.Thread(target=run, name="keras_deepvit attention probe")
+    worker.start()
+    worker.join()
+    if isinstance(results[0], BaseException):
+        raise results[0]
+    return results[0]
+
+
+def _time_torch_forms_here(dtype, training, shape):
     import torch
 
     batch, heads, queries, tokens, head_dim = shape
