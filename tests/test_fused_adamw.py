@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from helpers import to_numpy
+from keras_deepvit.models.gradient_release import release_gradients
 from keras_deepvit.training import fused_adamw
-from keras_deepvit.training.fused_adamw import AdamW, release_gradients
+from keras_deepvit.training.fused_adamw import AdamW
 
 
 def _run(optimizer_class, steps=4, **kwargs):

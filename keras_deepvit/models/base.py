@@ -6,8 +6,10 @@ import inspect
 
 import keras
 
+from keras_deepvit.models.gradient_release import ReleasesGradients
 
-class VisionTransformerFamily(keras.Model):
+
+class VisionTransformerFamily(ReleasesGradients, keras.Model):
     """A functional Keras model whose `get_config()` is its constructor arguments.
 
     Subclasses create their layers in a namespace (a `SimpleNamespace`; the
@@ -20,6 +22,9 @@ class VisionTransformerFamily(keras.Model):
     fills, `CLASSIFIER_KEYS` names its heads, `POSITION_EMBEDDING` says how its
     position embedding is laid out ("tokens": `(1, 1 + patches, dim)` with the
     class token first; "map": `(1, dim, rows, cols)`) and `patch_grid` gives its grid.
+
+    On the PyTorch backend a training step drops the previous step's gradients
+    before its forward pass (`gradient_release.ReleasesGradients`).
 
     Family classes build architectures only. Weights load from the top of the
     package: `keras_deepvit.create_model(name, weights=...)`, the named

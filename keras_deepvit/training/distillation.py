@@ -3,6 +3,8 @@
 import keras
 from keras import ops
 
+from keras_deepvit.models.gradient_release import ReleasesGradients
+
 _TEACHER_OUTPUTS = ("logits", "probabilities")
 _STUDENT_KEYS = ("logits", "cls_logits", "dist_logits")
 #: Floor of teacher probabilities before the log (float32 eps); only `teacher_outputs="probabilities"`.
@@ -10,7 +12,7 @@ _PROBABILITY_FLOOR = 1.1920929e-07
 
 
 @keras.saving.register_keras_serializable(package="keras_deepvit")
-class DistillationModel(keras.Model):
+class DistillationModel(ReleasesGradients, keras.Model):
     """Wraps a distilled student and a frozen teacher so `fit` trains DeiT's way on any backend.
 
     DeiT (facebookresearch/deit `losses.py`) and PiT run the teacher on the same

@@ -23,6 +23,8 @@ through every forward pass, where a step's memory peaks; PyTorch's own loop
 
 import keras
 
+from keras_deepvit.models.gradient_release import release_gradients
+
 
 @keras.saving.register_keras_serializable(package="keras_deepvit")
 class AdamW(keras.optimizers.AdamW):
@@ -85,20 +87,3 @@ class AdamW(keras.optimizers.AdamW):
             with torch.no_grad():
                 return TorchAdam._parallel_update_step(self, grads, trainable_variables, learning_rate)
         return super()._backend_update_step(grads, trainable_variables, learning_rate)
-
-
-def release_gradients(variables):
-    """Sets the PyTorch `.grad` of each Keras variable to None (PyTorch backend).
-
-    The tensors are freed once the caller's own references to them (Keras' train
-    step holds the list it passed to `apply` until it returns) are gone.
-
-    Example:
-    >>> import numpy as np
-    >>> weights = keras.Variable(np.ones((2,), "float32"))
-    >>> release_gradients([weights])
-    """
-    for variable in variables:
-        value = getattr(variable, "value", None)
-        if getattr(value, "grad", None) is not None:
-            value.grad = None
