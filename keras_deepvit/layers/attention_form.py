@@ -2,14 +2,16 @@
 
 `MultiHeadSelfAttention` computes `softmax(q k^T * scale) v` either with the
 backend's fused kernel (`map_ops.fused_attention`) or with two explicit
-matmuls around a float32 softmax. Under XLA on a CPU the explicit form is always
-faster (`map_ops.has_fused_attention`). On the PyTorch backend's CPU the answer
-depends on the shape, the dtype and whether a backward pass follows: PyTorch's
-flash kernel never writes the `N x N` maps and wins on long sequences (PiT's
-730-token first stage), while its bfloat16 path lost to two bfloat16 GEMMs at
-197 and 50 tokens (docs/performance.md). So that choice is measured: the first
-call with a new shape times both forms at that shape, forward only or forward and
-backward, and keeps the answer as a fact of the machine (`machine_facts`).
+matmuls around a softmax accumulated in float32 (`map_ops.attention_softmax`).
+Under XLA on a CPU the explicit form is always faster
+(`map_ops.has_fused_attention`). On the PyTorch backend's CPU the answer depends
+on the shape, the dtype and whether a backward pass follows: in float32
+PyTorch's flash kernel, which never writes the `N x N` maps, wins on long
+sequences and loses on short ones, and its bfloat16 path lost to the explicit
+bfloat16 form at every length measured on one CPU (docs/performance.md). So that
+choice is measured: the first call with a new shape times both forms at that
+shape, forward only or forward and backward, and keeps the answer as a fact of
+the machine (`machine_facts`).
 """
 
 import functools
@@ -19,9 +21,9 @@ import keras
 
 from keras_deepvit.layers import machine_facts, map_ops
 
-#: Probes run at most this batch: the faster form at batch 8 is the faster one at
-#: larger batches (both forms are batched over `batch x heads` independently), and
-#: the probe stays well under a second even for 730 tokens.
+#: Probes run at most this batch, so that a probe stays near a second even for 730
+#: tokens. Both forms are batched over `batch x heads` independently, so the answer
+#: at batch 8 is taken for larger batches too (not measured beyond 8).
 PROBE_BATCH = 8
 
 
