@@ -10,12 +10,17 @@ Usage:
     keras-deepvit predict IMAGE... --model NAME [--weights imagenet|PATH] [--top 5] [--json]
     keras-deepvit export MODEL_OR_FILE -o PATH [--format tf_saved_model|onnx|litert] [--weights imagenet|PATH|none]
 
-The backend is whatever Keras picks (`KERAS_BACKEND`, then `~/.keras/keras.json`);
-the command changes no global setting besides seeding the demo's random weights.
+The backend is whatever Keras picks (`KERAS_BACKEND`, then `~/.keras/keras.json`).
+Besides seeding the demo's random weights, the command changes one setting of its
+own process: the C allocator keeps freed memory for reuse
+(`keras_deepvit.allocator.retain_freed_memory`; `KERAS_DEEPVIT_ALLOCATOR=system`
+turns that off), which saves every step's page faults on a CPU.
 """
 
 import argparse
+import os
 
+from keras_deepvit.allocator import ALLOCATOR_ENV, retain_freed_memory
 from keras_deepvit.zoo.records import RECORDS
 from keras_deepvit.zoo.registry import FAMILY_NAMES as FAMILIES
 from keras_deepvit.zoo.registry import list_models
@@ -332,6 +337,9 @@ def main(argv=None):
     if getattr(args, "image_size", None) is not None and args.image_size < 1:
         parser.error(f"--image-size must be a positive int, got {args.image_size}.")
     try:
+        if getattr(args, "allocator", None):
+            os.environ[ALLOCATOR_ENV] = args.allocator
+        retain_freed_memory()
         return args.run(args)
     except (ValueError, TypeError, ImportError, OSError) as error:
         # Invalid combinations (e.g. an image smaller than one patch) and missing

@@ -77,3 +77,33 @@ def test_machine_header_names_the_cpu_and_its_flags():
     header = runner.machine_header({"cpu": "AMD EPYC (family 25, model 1)", "cores": 2, "cpu_flags": flags})
     assert header.startswith("CPU: AMD EPYC (family 25, model 1), 2 cores; flags ")
     assert "+avx2" in header and "-avx512f" in header
+
+
+def test_a_worker_records_what_it_did_to_the_allocator(tmp_path, monkeypatch):
+    import json
+
+    from keras_deepvit.benchmark import worker
+
+    spec_path, out_path = tmp_path / "spec.json", tmp_path / "out.json"
+    spec_path.write_text(json.dumps({"model": "pit_ti"}))
+    monkeypatch.setenv("KERAS_DEEPVIT_ALLOCATOR", "system")
+    assert worker.run_json_job(lambda spec: {"model": spec["model"]}, [str(spec_path), str(out_path)]) == 0
+    result = json.loads(out_path.read_text())
+    assert result == {
+        "model": "pit_ti", "allocator": {"allocator": "unchanged", "reason": "KERAS_DEEPVIT_ALLOCATOR=system"},
+    }
+
+
+def test_the_allocator_option_reaches_the_workers_and_a_wrong_value_is_named(monkeypatch, capsys):
+    monkeypatch.setenv("KERAS_DEEPVIT_ALLOCATOR", "retain")
+    with pytest.raises(SystemExit):
+        cli.main(["benchmark", "--no-memory", "--allocator", "system", "--models", "no_such_model"])
+    # The workers inherit the process environment (`runner._run_subprocess`).
+    import os
+
+    assert os.environ["KERAS_DEEPVIT_ALLOCATOR"] == "system"
+    monkeypatch.setenv("KERAS_DEEPVIT_ALLOCATOR", "tcmalloc")
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["list"])
+    assert exit_info.value.code == 2
+    assert "KERAS_DEEPVIT_ALLOCATOR='tcmalloc' is not one of retain, system" in capsys.readouterr().err

@@ -16,6 +16,7 @@ import sys
 import tempfile
 import time
 
+from keras_deepvit.allocator import ALLOCATOR_ENV, allocator_choice, retain_freed_memory
 from keras_deepvit.benchmark.table import COLUMNS, format_table, summarize
 from keras_deepvit.cpuinfo import cpu_flags, cpu_model, read_cpuinfo
 
@@ -91,6 +92,12 @@ def add_arguments(parser):
         "--exported", action="store_true",
         help="also time the exported inference artifacts (SavedModel by TensorFlow, ONNX by "
         "onnxruntime; written on the TensorFlow backend: keras_deepvit.benchmark.exported_side)",
+    )
+    parser.add_argument(
+        "--allocator", default=None, choices=("retain", "system"),
+        help="the workers' C allocator, for every contestant alike: 'retain' keeps freed memory "
+        "for reuse (keras_deepvit.allocator; the default), 'system' leaves glibc's defaults "
+        "(default: $KERAS_DEEPVIT_ALLOCATOR, else retain)",
     )
     parser.add_argument("--json", default=None, metavar="OUT", help="write all results here")
     parser.add_argument(
@@ -189,9 +196,11 @@ def run_benchmark(
         gemm_size = min(gemm_size, 512)
     peak = gemm_peak(size=gemm_size, device="cuda" if gpu else "cpu", dtype=peak_dtype)
     machine = machine_info()
+    machine["allocator"] = allocator_choice()
     log(f"Machine: {machine['cpu']}, {machine['cores']} cores; "
         f"{peak_dtype} GEMM peak {peak['peak']:.0f} GFLOP/s "
-        f"(torch {peak['torch'] and round(peak['torch'])}, numpy {peak['numpy'] and round(peak['numpy'])})")
+        f"(torch {peak['torch'] and round(peak['torch'])}, numpy {peak['numpy'] and round(peak['numpy'])}); "
+        f"allocator {machine['allocator']}")
 
     results, rows = [], []
     memory_cache = {}
@@ -265,6 +274,12 @@ def _short(value):
 
 def run(args):
     """Runs the benchmark for parsed `args`; returns the exit status."""
+    if getattr(args, "allocator", None):
+        # The workers read it at start (`keras_deepvit.allocator`).
+        os.environ[ALLOCATOR_ENV] = args.allocator
+    allocator_choice()  # a wrong value fails here, before any job starts
+    if args.in_process:
+        retain_freed_memory()
     models = _csv(args.models)
     backends = _csv(args.backends) if args.backends else None
     try:

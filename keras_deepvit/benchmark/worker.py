@@ -15,7 +15,10 @@ the model, its step and its optimiser added); on a GPU also the framework's
 peak device memory.
 
 Run as `python -m keras_deepvit.benchmark.worker SPEC.json OUT.json` with
-`KERAS_BACKEND` set; `run_job(spec)` does the same in the current process.
+`KERAS_BACKEND` set; `run_job(spec)` does the same in the current process. A
+worker process first sets up the C allocator for every contestant alike
+(`keras_deepvit.allocator.retain_freed_memory`, unless `KERAS_DEEPVIT_ALLOCATOR`
+is `system`) and records what it did under `"allocator"`.
 """
 
 import json
@@ -25,6 +28,8 @@ import sys
 import time
 
 import numpy as np
+
+from keras_deepvit.allocator import retain_freed_memory
 
 
 def current_rss_mb():
@@ -263,9 +268,11 @@ def run_json_job(job, argv=None):
     """`job(spec)` for a worker process: `argv` is `SPEC.json OUT.json`; writes the result."""
     argv = sys.argv[1:] if argv is None else argv
     spec_path, out_path = argv
+    allocator = retain_freed_memory()
     with open(spec_path) as f:
         spec = json.load(f)
     result = job(spec)
+    result["allocator"] = allocator
     with open(out_path, "w") as f:
         json.dump(result, f)
     return 0
