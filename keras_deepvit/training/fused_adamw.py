@@ -12,7 +12,8 @@ decay (`v -= lr * wd * v`, its own `exclude_from_weight_decay` rules) before the
 Adam step, so the kernel gets `weight_decay=0`; and Keras adds `eps` to
 `sqrt(v)` before the bias correction where PyTorch adds it after, so the kernel
 gets `eps / sqrt(1 - beta_2**t)`, which makes the two the same. On TensorFlow and
-JAX, with `amsgrad`, or where the kernel is missing, this is Keras' AdamW.
+JAX, with `amsgrad`, inside `torch.compile` (`jit_compile=True`) or where the
+kernel is missing, this is Keras' AdamW.
 
 On PyTorch it also drops each weight's `.grad` once the update is applied. Keras'
 PyTorch train step clears them only after its next forward pass (`zero_grad`
@@ -74,6 +75,11 @@ class AdamW(keras.optimizers.AdamW):
         import torch
 
         if not hasattr(torch, "_fused_adamw_"):
+            return False
+        if torch.compiler.is_compiling():
+            # `jit_compile=True` traces the whole train step: the kernel's in-place
+            # update of the weights cannot be functionalized there (an internal
+            # assertion of PyTorch's), while Keras' `_foreach` update compiles.
             return False
         dtypes = {keras.backend.standardize_dtype(v.dtype) for v in trainable_variables}
         return dtypes <= {"float32", "float16", "bfloat16"}
