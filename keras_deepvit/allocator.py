@@ -1,27 +1,42 @@
 """Keep freed memory in the process for reuse, where the C library allocator is glibc's.
 
-A CPU training or inference step allocates and frees the same large tensors every
+A CPU training or inference step allocates and frees the same large buffers every
 step. glibc's `malloc` serves large blocks with `mmap` and hands them back to the
-kernel when they are freed (and trims the top of its heap), so every step's
-tensors land on fresh pages: each 4 KiB page costs a page fault and the kernel's
-zeroing of it, on whichever framework thread writes first. PyTorch, XLA (JAX,
-TensorFlow) and NumPy all allocate through `malloc`, so all three backends and the
-PyTorch reference pay it. PyTorch's own CPU launcher (`torch.backends.xeon.run_cpu`)
-answers the same cost by preloading jemalloc or tcmalloc set never to return
-memory; glibc can be told the same with `mallopt`, without a library to install.
+kernel when they are freed (and trims its heaps), so every step's tensors land
+on fresh pages: each 4 KiB page costs a page fault and the kernel's zeroing of it,
+on whichever framework thread writes first. PyTorch, XLA (JAX, TensorFlow) and
+NumPy all allocate through `malloc`, so all three backends and the PyTorch
+reference pay it. The largest case: XLA:CPU allocates a compiled step's whole
+scratch space (hundreds of MB) as one block from one of its worker threads, and
+a thread's own glibc arena can only `mmap` a block that large, so JAX faulted
+the whole of it in again every step. PyTorch's own CPU launcher
+(`torch.backends.xeon.run_cpu`) answers the same cost by preloading jemalloc or
+tcmalloc set never to return memory; glibc can be told the same with `mallopt`,
+without a library to install.
 
-`retain_freed_memory()` raises the `mmap` threshold to glibc's maximum (32 MiB:
-smaller blocks come from the heap and are reused) and stops trimming the heap.
-The process's memory then stays at its peak instead of falling between steps:
-the peak itself is what a step needs either way. Blocks above 32 MiB are still
-mapped and returned, so one huge tensor does not pin its pages for good.
+`retain_freed_memory()` stops glibc from trimming its heaps (`M_TRIM_THRESHOLD`
+-1), so freed memory stays in the process and the next step reuses it, and
+chooses where large blocks come from by how the backend allocates:
+
+- PyTorch and TensorFlow (many tensors of many sizes, freed as they die): blocks
+  up to 32 MiB (`M_MMAP_THRESHOLD`, glibc's largest) come from the heaps; larger
+  ones keep mappings of their own. With every block on one heap, PyTorch's
+  Refiner-ViT-S training at 448 peaked 28 % higher: the heap fragments.
+- JAX (one large scratch block per compiled step, and few others): every thread
+  allocates from glibc's main heap (`M_ARENA_MAX` 1) and no block is mapped on its
+  own (`M_MMAP_MAX` 0), so the scratch block is reused.
+
+The process's memory then stays near its peak instead of falling between steps;
+the peak itself is what a step needs either way (measured: docs/performance.md,
+"The allocator"). Call it before the frameworks start their threads: a thread that
+already has an arena of its own keeps it.
 
 The `keras-deepvit` command and the benchmark's workers call it at start (for
 every contestant alike); a library user calls it once, early. Set
 `KERAS_DEEPVIT_ALLOCATOR=system` to leave the allocator as it is. It also does
 nothing where the process already has allocator settings of its own (glibc's
-`MALLOC_*` variables, or jemalloc/tcmalloc preloaded), and off glibc (macOS,
-Windows, musl). Measurements: docs/performance.md ("The allocator").
+`MALLOC_*` variables or tunables, or jemalloc/tcmalloc preloaded), and off glibc
+(macOS, Windows, musl).
 
 This module imports nothing of Keras or the frameworks.
 """
@@ -29,16 +44,22 @@ This module imports nothing of Keras or the frameworks.
 import ctypes
 import os
 import platform
+import sys
 
 #: glibc's `mallopt` parameter numbers (malloc.h).
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
+M_MMAP_MAX = -4
+M_ARENA_MAX = -8
 
-#: glibc's largest `mmap` threshold on 64-bit systems (`DEFAULT_MMAP_THRESHOLD_MAX`).
-MAX_MMAP_THRESHOLD = 32 * 1024 * 1024
-
-#: The trim threshold that turns trimming off (`man mallopt`): the heap's free top stays.
-NEVER_TRIM = -1
+#: What `retain_freed_memory` sets, in this order, by the backend's way of allocating
+#: (see the module docstring); a trim threshold of -1 turns trimming off (`man mallopt`).
+SETTINGS = {
+    "tensors": ((M_MMAP_THRESHOLD, 32 * 1024 * 1024), (M_TRIM_THRESHOLD, -1)),
+    "scratch": ((M_ARENA_MAX, 1), (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, -1)),
+}
+_NAMES = {M_TRIM_THRESHOLD: "M_TRIM_THRESHOLD", M_MMAP_THRESHOLD: "M_MMAP_THRESHOLD",
+          M_MMAP_MAX: "M_MMAP_MAX", M_ARENA_MAX: "M_ARENA_MAX"}
 
 #: `KERAS_DEEPVIT_ALLOCATOR` values: keep freed memory, or leave the allocator alone.
 ALLOCATOR_ENV = "KERAS_DEEPVIT_ALLOCATOR"
@@ -47,7 +68,7 @@ CHOICES = ("retain", "system")
 #: Environment variables that mean the process already chose its allocator's settings.
 _OWN_SETTINGS = (
     "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_MAX_",
-    "GLIBC_TUNABLES",
+    "MALLOC_ARENA_MAX", "GLIBC_TUNABLES",
 )
 _OTHER_ALLOCATORS = ("jemalloc", "tcmalloc", "mimalloc")
 
@@ -112,25 +133,46 @@ def _glibc_mallopt():
     return mallopt
 
 
-def retain_freed_memory(environ=None):
-    """Keeps freed memory (blocks up to 32 MiB, the heap's top) in the process for reuse.
+def allocation_pattern(backend):
+    """Which `SETTINGS` suit a Keras backend: `"scratch"` for JAX, `"tensors"` otherwise.
 
-    Calling it again does nothing more. See the module docstring for what it
-    changes and why.
+    Example:
+    >>> allocation_pattern("jax"), allocation_pattern("torch")
+    ('scratch', 'tensors')
+    """
+    return "scratch" if backend == "jax" else "tensors"
+
+
+def _keras_backend(environ):
+    # Keras' choice where Keras is loaded; else what it would read first. Not
+    # importing Keras here keeps this callable before the frameworks load.
+    keras = sys.modules.get("keras")
+    if keras is not None and hasattr(keras, "backend"):
+        return keras.backend.backend()
+    return environ.get("KERAS_BACKEND", "tensorflow")
+
+
+def retain_freed_memory(backend=None, environ=None):
+    """Keeps freed memory in the process for reuse (glibc's `mallopt`; see the module docstring).
+
+    Calling it again does nothing more.
 
     Args:
+        backend: the Keras backend the process computes with (default: Keras'
+            current one, or `KERAS_BACKEND`); it picks the settings.
         environ: the environment to read (default: `os.environ`).
 
     Returns:
-        A dict saying what was done: `{"allocator": "glibc", "mmap_threshold": ...,
-        "trim_threshold": ...}` when the settings were applied, else
-        `{"allocator": "unchanged", "reason": ...}`.
+        A dict saying what was done: `{"allocator": "glibc", "pattern": ...,
+        "settings": {name: value}}` when the settings were applied, else
+        `{"allocator": "unchanged", "reason": ...}` (`"partly changed"` if glibc
+        refused a later setting after taking an earlier one).
 
     Raises:
         ValueError: `KERAS_DEEPVIT_ALLOCATOR` is neither `retain` nor `system`.
 
     Example:
-    >>> retain_freed_memory({"KERAS_DEEPVIT_ALLOCATOR": "system"})
+    >>> retain_freed_memory("jax", {"KERAS_DEEPVIT_ALLOCATOR": "system"})
     {'allocator': 'unchanged', 'reason': 'KERAS_DEEPVIT_ALLOCATOR=system'}
     """
     global _applied
@@ -145,8 +187,12 @@ def retain_freed_memory(environ=None):
     mallopt = _glibc_mallopt()
     if mallopt is None:
         return {"allocator": "unchanged", "reason": "not glibc's malloc"}
-    # Either setting turns glibc's adaptive mmap threshold off, so both are set.
-    if not (mallopt(M_MMAP_THRESHOLD, MAX_MMAP_THRESHOLD) and mallopt(M_TRIM_THRESHOLD, NEVER_TRIM)):
-        return {"allocator": "unchanged", "reason": "mallopt refused the settings"}
-    _applied = {"allocator": "glibc", "mmap_threshold": MAX_MMAP_THRESHOLD, "trim_threshold": "never"}
+    pattern = allocation_pattern(backend or _keras_backend(environ))
+    settings = SETTINGS[pattern]
+    for parameter, value in settings:
+        if not mallopt(parameter, value):
+            return {"allocator": "unchanged" if parameter == settings[0][0] else "partly changed",
+                    "reason": f"mallopt refused {_NAMES[parameter]} = {value}"}
+    _applied = {"allocator": "glibc", "pattern": pattern,
+                "settings": {_NAMES[parameter]: value for parameter, value in settings}}
     return dict(_applied)

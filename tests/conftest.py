@@ -23,6 +23,11 @@ os.environ["KERAS_DEEPVIT_CACHE_DIR"] = os.path.join(_SANDBOX, "cache")
 os.environ["KERAS_DEEPVIT_WEIGHTS_MIRROR"] = os.path.join(_SANDBOX, "empty_mirror")
 os.makedirs(os.environ["KERAS_DEEPVIT_WEIGHTS_MIRROR"])
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+# The tests that run the `keras-deepvit` command call it in this process, and the
+# command keeps freed memory in its process (keras_deepvit.allocator): the whole
+# suite's process would then never give memory back. The suite keeps glibc's
+# defaults; tests/test_allocator.py checks the setting in processes of its own.
+os.environ.setdefault("KERAS_DEEPVIT_ALLOCATOR", "system")
 
 import keras  # noqa: E402
 import pytest  # noqa: E402
