@@ -20,8 +20,8 @@ chooses where large blocks come from by how the backend allocates:
 
 - PyTorch and TensorFlow (many tensors of many sizes, freed as they die): blocks
   up to 32 MiB (`M_MMAP_THRESHOLD`, glibc's largest) come from the heaps; larger
-  ones keep mappings of their own. With every block on one heap, PyTorch's
-  Refiner-ViT-S training at 448 peaked 28 % higher: the heap fragments.
+  ones keep mappings of their own: with every block on one heap, the heap
+  fragments and PyTorch's peak memory at 448 rose well above the reference's.
 - JAX (one large scratch block per compiled step, and few others): every thread
   allocates from glibc's main heap (`M_ARENA_MAX` 1) and no block is mapped on its
   own (`M_MMAP_MAX` 0), so the scratch block is reused.
