@@ -75,6 +75,22 @@ _OTHER_ALLOCATORS = ("jemalloc", "tcmalloc", "mimalloc")
 _applied = None
 
 
+def applied_pattern():
+    """The settings `retain_freed_memory` applied in this process: `"tensors"`, `"scratch"` or None.
+
+    None means the allocator is as the process started (glibc's defaults, or
+    settings of its own). Measured facts of the machine are keyed by it
+    (`layers.machine_facts.framework_key`): a probe that allocates a fresh
+    block per call times page faults under glibc's defaults and none under
+    these settings, so its answer holds only for processes set alike.
+
+    Example:
+    >>> applied_pattern() in (None, "tensors", "scratch")
+    True
+    """
+    return None if _applied is None else _applied["pattern"]
+
+
 def allocator_choice(environ=None):
     """The allocator setting asked for: `"retain"` (the default) or `"system"`.
 

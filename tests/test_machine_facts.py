@@ -53,3 +53,22 @@ def test_keys_name_the_cpu_and_the_framework_version():
     backend = keras.backend.backend()
     key = machine_facts.framework_key(backend)
     assert key.startswith(cpuinfo.cpu_identity() + " | " + backend + " ")
+
+
+def test_keys_name_the_allocator_setting_so_each_setting_measures_its_own(home, monkeypatch):
+    import keras
+
+    from keras_deepvit import allocator
+
+    backend = keras.backend.backend()
+    monkeypatch.setattr(allocator, "_applied", None)
+    as_started = machine_facts.framework_key(backend)
+    assert as_started.endswith(" | allocator as started")
+    monkeypatch.setattr(allocator, "_applied", {"allocator": "glibc", "pattern": "scratch", "settings": {}})
+    kept = machine_facts.framework_key(backend)
+    assert kept.endswith(" | allocator scratch")
+
+    calls = []
+    for key in (as_started, kept, kept):
+        machine_facts.measured_fact(key + " | probe", lambda: calls.append(key) or {"fast": True})
+    assert calls == [as_started, kept]

@@ -3,7 +3,8 @@
 Where the fastest form differs by CPU kind (bfloat16 GEMM kernels, AVX-512 or not,
 the frameworks' fused kernels), the layers time both forms once on a small probe and
 keep the answer in `$KERAS_HOME/keras_deepvit/machine_facts.json`, keyed by the CPU
-(`keras_deepvit.cpuinfo.cpu_identity`), the framework's version and what was measured.
+(`keras_deepvit.cpuinfo.cpu_identity`), the framework's version, how the process's
+allocator is set (`keras_deepvit.allocator.applied_pattern`) and what was measured.
 A later process reads the answer instead of measuring again.
 """
 
@@ -13,6 +14,7 @@ import os
 import threading
 import time
 
+from keras_deepvit.allocator import applied_pattern
 from keras_deepvit.cpuinfo import cpu_identity
 
 _LOCK = threading.Lock()
@@ -44,7 +46,12 @@ def measured_fact(key, measure):
 
 
 def framework_key(backend):
-    """`"<CPU identity> | <backend> <framework version>"`: the start of every fact's key.
+    """`"<CPU identity> | <backend> <framework version> | allocator <setting>"`: every key's start.
+
+    The allocator's setting is part of it because a probe's timing includes the
+    page faults of its fresh blocks under glibc's defaults and not under
+    `retain_freed_memory`, which can change which form is faster
+    (docs/performance.md), so each setting gets its own measurement.
 
     Example:
     >>> framework_key("jax").split(" | ")[1].startswith("jax ")
@@ -56,7 +63,8 @@ def framework_key(backend):
         import torch as framework
     else:
         import tensorflow as framework
-    return f"{cpu_identity()} | {backend} {framework.__version__}"
+    allocator = applied_pattern() or "as started"
+    return f"{cpu_identity()} | {backend} {framework.__version__} | allocator {allocator}"
 
 
 @functools.lru_cache(maxsize=None)
