@@ -41,6 +41,27 @@ def test_remat_changes_nothing_but_memory(family):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.long_running
+@pytest.mark.parametrize("family", sorted(SMALL))
+def test_remat_recomputes_with_the_forward_pass_drop_path_masks(family, caplog):
+    """With drop path, the recomputed blocks must draw the forward pass's masks (the
+    seed states go into the recomputed region): the same seeds give the same step as
+    without remat. TensorFlow's tape also must not warn about the integer seeds."""
+    models = []
+    for remat in (False, True):
+        keras.utils.set_random_seed(5)
+        models.append(small(family, drop_path_rate=0.5, rematerialize_blocks=remat))
+    plain, remat = models
+    remat.set_weights(plain.get_weights())
+    with caplog.at_level("WARNING"):
+        plain_loss, plain_weights = train_one_step(plain)
+        remat_loss, remat_weights = train_one_step(remat)
+    assert np.isclose(remat_loss, plain_loss, rtol=1e-5)
+    for a, b in zip(remat_weights, plain_weights):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    assert not [r for r in caplog.records if "watched tensor" in r.getMessage()]
+
+
 def test_remat_round_trips_through_config():
     model = small("pit", rematerialize_blocks=True)
     clone = model.__class__.from_config(model.get_config())

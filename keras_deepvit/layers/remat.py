@@ -67,9 +67,35 @@ def rematerialized_call(layer, forward, *tensors):
 
 
 def _remat(function, anchored):
-    if keras.backend.backend() == "jax":
+    backend = keras.backend.backend()
+    if backend == "jax":
         return recompute_after_cotangent(function, anchored)
+    if backend == "tensorflow":
+        return _floating_arguments_watched(function)
     return keras.remat(function)
+
+
+def _floating_arguments_watched(function):
+    """`keras.remat(function)` with only its floating-point arguments passed through it.
+
+    `tf.recompute_grad` watches every argument on a gradient tape, and the tape
+    logs a warning for each integer one (the dropout and drop-path seed states,
+    once per block at every trace). Integers have no gradient, so they reach
+    `function` by closure: the recomputation reads the same tensors.
+    """
+
+    def call(*args):
+        floating = [i for i, arg in enumerate(args) if keras.backend.is_float_dtype(arg.dtype)]
+
+        def on_floating(*values):
+            full = list(args)
+            for i, value in zip(floating, values):
+                full[i] = value
+            return function(*full)
+
+        return keras.remat(on_floating)(*[args[i] for i in floating])
+
+    return call
 
 
 def recompute_after_cotangent(function, anchored):
