@@ -9,7 +9,6 @@ import keras
 import numpy as np
 import pytest
 
-from keras_deepvit import cpuinfo
 from keras_deepvit.layers import MultiHeadSelfAttention, attention_form, machine_facts, map_ops
 
 BACKEND = keras.backend.backend()
@@ -61,7 +60,7 @@ def test_the_choice_is_measured_once_per_shape_dtype_and_mode(monkeypatch, priva
     facts = json.loads(private_facts.read_text())
     assert len(facts) == 2
     key = next(k for k in facts if "forward and backward" in k)
-    assert key.startswith(f"{cpuinfo.cpu_identity()} | torch {torch.__version__} | attention bfloat16")
+    assert key.startswith(f"{machine_facts.framework_key('torch')} | attention bfloat16")
     assert "batch 8, heads 2, queries 7, tokens 9, head_dim 4" in key
     assert facts[key] == {"explicit_s": 1.0, "fused_s": 2.0, "fused": False}
     attention_form._torch_fused_is_faster.cache_clear()  # a new process reads the file
@@ -103,6 +102,21 @@ def test_the_layer_follows_the_choice_with_the_same_values(monkeypatch, fused):
     explicit, _ = layer(tokens, return_attention_scores=True)  # never fused
     np.testing.assert_allclose(out, keras.ops.convert_to_numpy(explicit), atol=1e-5)
     assert bool(kernel_calls) is fused
+
+
+@torch_only
+def test_the_probe_runs_on_the_callers_thread(monkeypatch):
+    """Where the model's tensors are allocated: a thread of its own got a fresh glibc
+    arena whose emptied heaps are unmapped, so the probe timed page faults."""
+    import threading
+
+    threads = []
+    monkeypatch.setattr(
+        attention_form, "_time_torch_forms_here",
+        lambda *args: threads.append(threading.get_ident()) or (1.0, 2.0),
+    )
+    assert attention_form._time_torch_forms("float32", True, (1, 1, 2, 2, 2)) == (1.0, 2.0)
+    assert threads == [threading.get_ident()]
 
 
 @torch_only

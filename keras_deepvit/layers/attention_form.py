@@ -15,7 +15,6 @@ the machine (`machine_facts`).
 """
 
 import functools
-import threading
 
 import keras
 
@@ -89,26 +88,24 @@ def _explicit_torch_attention(q, k, v, scale):
 def _time_torch_forms(dtype, training, shape):
     """Seconds of the explicit and of the fused form on random tensors of `shape`.
 
-    Measured on a thread of its own: the caller may be inside a checkpointed
-    forward pass (`rematerialize_blocks=True`), whose saved-tensor hooks (like grad
-    mode) are per thread. On the caller's thread the probe's own backward pass
-    would unpack its saved tensors through them, recomputing the block, which
-    asks this probe again.
+    Measured on the caller's thread, whose allocator arena the model's own
+    tensors come from: on a thread of its own the probe's `N x N` maps came from
+    a fresh glibc arena, whose heaps are unmapped when they empty, so the
+    explicit form paid page faults the model never pays and lost where it wins
+    (docs/performance.md). The caller may be inside a checkpointed forward pass
+    (`rematerialize_blocks=True`), whose saved-tensor hooks would pack the
+    probe's own saved tensors and recompute the block to unpack them (asking
+    this probe again); the innermost hooks win, so the probe saves its tensors
+    through identity hooks.
     """
-    results = []
+    import torch
 
-    def run():
-        try:
-            results.append(_time_torch_forms_here(dtype, training, shape))
-        except BaseException as error:  # noqa: BLE001 - re-raised on the caller's thread
-            results.append(error)
+    with torch.autograd.graph.saved_tensors_hooks(_keep, _keep):
+        return _time_torch_forms_here(dtype, training, shape)
 
-    worker = threading.Thread(target=run, name="keras_deepvit attention probe")
-    worker.start()
-    worker.join()
-    if isinstance(results[0], BaseException):
-        raise results[0]
-    return results[0]
+
+def _keep(tensor):
+    return tensor
 
 
 def _time_torch_forms_here(dtype, training, shape):
