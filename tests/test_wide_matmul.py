@@ -182,7 +182,9 @@ def test_preference_is_measured_once_and_cached(monkeypatch, tmp_path):
         assert answer is True and calls == [BACKEND]
         facts = json.loads((tmp_path / "keras_deepvit" / "machine_facts.json").read_text())
         (key, entry), = facts.items()
-        assert key == f"{cpuinfo.cpu_identity()} | {BACKEND} {_framework_version()}"
+        assert key == (
+            f"{cpuinfo.cpu_identity()} | {BACKEND} {_framework_version()} | allocator as started"
+        )
         assert entry == {"bfloat16_out_s": 2.0, "float32_out_s": 1.0, "wide": True}
         wide_matmul._measured_preference.cache_clear()  # a new process reads the file
         assert asked_while_tracing_for_xla(wide_matmul.prefers_wide_accumulator) is True
