@@ -11,7 +11,6 @@ import pytest
 from keras import ops
 
 from helpers import asked_while_tracing_for_xla, xla_compiled_on_tensorflow
-from keras_deepvit import cpuinfo
 from keras_deepvit.layers import machine_facts, wide_matmul
 from keras_deepvit.layers.dense import Dense
 
@@ -182,9 +181,7 @@ def test_preference_is_measured_once_and_cached(monkeypatch, tmp_path):
         assert answer is True and calls == [BACKEND]
         facts = json.loads((tmp_path / "keras_deepvit" / "machine_facts.json").read_text())
         (key, entry), = facts.items()
-        assert key == (
-            f"{cpuinfo.cpu_identity()} | {BACKEND} {_framework_version()} | allocator as started"
-        )
+        assert key == machine_facts.framework_key(BACKEND)
         assert entry == {"bfloat16_out_s": 2.0, "float32_out_s": 1.0, "wide": True}
         wide_matmul._measured_preference.cache_clear()  # a new process reads the file
         assert asked_while_tracing_for_xla(wide_matmul.prefers_wide_accumulator) is True
@@ -192,15 +189,6 @@ def test_preference_is_measured_once_and_cached(monkeypatch, tmp_path):
     finally:
         wide_matmul._measured_preference.cache_clear()
 
-
-def _framework_version():
-    if BACKEND == "jax":
-        import jax
-
-        return jax.__version__
-    import tensorflow as tf
-
-    return tf.__version__
 
 
 def test_a_broken_cache_file_is_measured_again(monkeypatch, tmp_path):
