@@ -501,23 +501,88 @@ def conv_valid(inputs, kernel, strides=1, differentiated=False, padding=0, bias=
     cols = (inputs.shape[2] - kw) // strides[1] + 1
     if patchify:
         patches = _patchify(inputs[:, : rows * kh, : cols * kw, :], rows, cols, kh, kw)
+    elif keras.backend.standardize_dtype(inputs.dtype) == "float32":
+        out = _jax_conv_with_im2col_kernel_gradient()(ops.convert_to_tensor(inputs), kernel, strides)
+        return out if bias is None else out + bias
     else:
-        patches = ops.concatenate(
-            [
-                inputs[
-                    :,
-                    i : i + strides[0] * (rows - 1) + 1 : strides[0],
-                    j : j + strides[1] * (cols - 1) + 1 : strides[1],
-                    :,
-                ]
-                for i in range(kh)
-                for j in range(kw)
-            ],
-            axis=-1,
-        )
+        # Half precision: one matmul over the patches runs on the CPU's bfloat16
+        # GEMM (`wide_matmul`), where XLA's convolution has no half kernel.
+        patches = _im2col(inputs, kh, kw, strides, rows, cols)
     # Patch features are ordered (tap row, tap column, channel): the kernel's own order.
     kernel = ops.reshape(kernel, (kh * kw * in_channels, out_channels))
     return wide_matmul.matmul(patches, kernel, bias=bias)
+
+
+def _im2col(inputs, kh, kw, strides, rows, cols):
+    """`(batch, rows, cols, kh*kw*channels)`: each output position's input window, taps first."""
+    return ops.concatenate(
+        [
+            inputs[
+                :,
+                i : i + strides[0] * (rows - 1) + 1 : strides[0],
+                j : j + strides[1] * (cols - 1) + 1 : strides[1],
+                :,
+            ]
+            for i in range(kh)
+            for j in range(kw)
+        ],
+        axis=-1,
+    )
+
+
+@functools.lru_cache(maxsize=None)
+def _jax_conv_with_im2col_kernel_gradient():
+    """A "valid" NHWC convolution for JAX on a CPU, with its gradients written out.
+
+    XLA:CPU runs a convolution's forward pass fast, and the images' gradient is
+    the same kind of convolution (of the upstream gradient, stride-dilated, by
+    the flipped kernel with its channel axes swapped). The kernel's gradient is
+    what XLA's own transpose of the convolution does slowly; here it is one
+    matmul of the im2col patches (rebuilt in the backward pass, so only the
+    images are kept for it, not the patches) by the upstream gradient.
+    See docs/performance.md.
+    """
+    import jax
+    from jax import lax
+
+    layout = ("NHWC", "HWIO", "NHWC")
+
+    def convolve(images, kernel, strides):
+        return lax.conv_general_dilated(images, kernel, strides, "VALID", dimension_numbers=layout)
+
+    @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+    def conv(images, kernel, strides):
+        return convolve(images, kernel, strides)
+
+    def forward(images, kernel, strides):
+        return convolve(images, kernel, strides), (images, kernel)
+
+    def backward(strides, saved, upstream):
+        images, kernel = saved
+        kh, kw, in_channels, out_channels = kernel.shape
+        rows, cols = upstream.shape[1], upstream.shape[2]
+        patches = _im2col(images, kh, kw, strides, rows, cols)
+        d_kernel = lax.dot_general(
+            patches.reshape(-1, kh * kw * in_channels), upstream.reshape(-1, out_channels),
+            (((0,), (0,)), ((), ())),
+        ).reshape(kernel.shape)
+        # Rows and columns past the last window (`(size - k) % stride` of them) get zeros.
+        extra = [
+            images.shape[axis] - ((upstream.shape[axis] - 1) * stride + size)
+            for axis, stride, size in ((1, strides[0], kh), (2, strides[1], kw))
+        ]
+        d_images = lax.conv_general_dilated(
+            upstream,
+            kernel[::-1, ::-1].transpose(0, 1, 3, 2),
+            (1, 1),
+            ((kh - 1, kh - 1 + extra[0]), (kw - 1, kw - 1 + extra[1])),
+            lhs_dilation=strides,
+            dimension_numbers=layout,
+        )
+        return d_images, d_kernel
+
+    conv.defvjp(forward, backward)
+    return conv
 
 
 def _torch_conv_valid(inputs, kernel, strides, padding=0, bias=None):
