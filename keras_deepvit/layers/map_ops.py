@@ -444,12 +444,15 @@ def conv_valid(inputs, kernel, strides=1, differentiated=False, padding=0, bias=
     (on a GPU, XLA's convolution is cuDNN's):
 
     - a kernel equal to its stride (a patchify projection) is a reshape and one
-      matmul, faster both ways (DeepViT-S's 8x8/8 projection at batch 8: 85
-      against 136 ms forward, 274 against 407 ms with its gradient);
-    - any other kernel is XLA's convolution, unless `differentiated`: then it is
-      one matmul over the concatenated strided taps (im2col), about 2x slower
-      forward but 2.5-3x faster with its gradient (3x3 64->64 at 112x112, batch
-      8: 671 against 1976 ms). A DeepViT-S training step goes from 9.3 to 7.7 s.
+      matmul, faster both ways;
+    - any other kernel is XLA's convolution. When `differentiated`, its
+      gradients are written out: the images' is XLA's convolution of the
+      upstream gradient, the kernel's one matmul over the strided taps (im2col)
+      gathered in the backward pass, where XLA's own transpose of the
+      convolution is slow. In half precision the forward pass is that im2col
+      matmul too, on the CPU's bfloat16 GEMM.
+
+    Measurements: docs/performance.md ("CNN stems under JAX").
 
     Args:
         inputs: `(batch, rows, cols, in_channels)`.
