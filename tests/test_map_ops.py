@@ -188,6 +188,32 @@ def test_conv_valid_is_the_backend_convolution_off_xla_cpu(monkeypatch):
         np.testing.assert_array_equal(actual, expected)
 
 
+@pytest.mark.skipif(keras.backend.backend() != "jax", reason="JAX's own code path")
+def test_conv_valid_trained_on_jax_cpu_keeps_xla_convolution_and_the_images_only():
+    # The forward pass is XLA's convolution (no im2col patches built), and what the
+    # backward pass keeps is the images and the kernel, not the nine-times-larger
+    # patches: the residuals of `jax.vjp` are exactly those two arrays.
+    import jax
+
+    if not map_ops.xla_on_cpu():
+        pytest.skip("the written-out gradients are XLA:CPU's form")
+    images = RNG.normal(size=(2, 12, 12, 4)).astype("float32")
+    weights = RNG.normal(size=(3, 3, 4, 6)).astype("float32")
+
+    def convolve(x, w):
+        return map_ops.conv_valid(x, w, 1, differentiated=True, padding=1)
+
+    primitives = {str(eqn.primitive) for eqn in jax.make_jaxpr(convolve)(images, weights).eqns}
+    assert "concatenate" not in primitives
+    forward = jax.make_jaxpr(lambda x, w: jax.vjp(convolve, x, w)[0])(images, weights)
+    assert "conv_general_dilated" in str(forward)
+    _, backward = jax.vjp(convolve, images, weights)
+    kept = [leaf for leaf in jax.tree_util.tree_leaves(backward) if hasattr(leaf, "shape")]
+    patch_floats = 2 * 12 * 12 * 9 * 4
+    assert kept and all(int(np.prod(leaf.shape)) < patch_floats for leaf in kept)
+    assert any(tuple(leaf.shape) == (2, 14, 14, 4) for leaf in kept)  # the padded images
+
+
 def test_mix_channels_is_a_1x1_convolution():
     maps = RNG.normal(size=(2, 3, 5, 5)).astype("float32")
     kernel = RNG.normal(size=(3, 7)).astype("float32")
