@@ -140,6 +140,74 @@ def test_jax_dense_gradient_keeps_bfloat16_products_and_sums_its_bias_in_float32
     assert all(types[lhs] == types[rhs] == "bf16" for lhs, rhs in products), products
 
 
+def test_float32_dense_over_tokens_matches_keras_dense_values_and_gradients():
+    ours = Dense(6, activation="relu")
+    theirs = keras.layers.Dense(6, activation="relu")
+    x = np.random.default_rng(4).normal(size=(2, 5, 4)).astype("float32")
+    ours.build(x.shape)
+    theirs.build(x.shape)
+    theirs.set_weights(ours.get_weights())
+    np.testing.assert_allclose(
+        ops.convert_to_numpy(ours(x)), ops.convert_to_numpy(theirs(x)), rtol=1e-6, atol=1e-6
+    )
+    upstream = np.random.default_rng(5).normal(size=(2, 5, 6)).astype("float32")
+    for got, want in zip(_input_and_weight_gradients(ours, x, upstream), _input_and_weight_gradients(theirs, x, upstream)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def _input_and_weight_gradients(layer, x, upstream):
+    """Gradients of `sum(layer(x) * upstream)` for x, kernel and bias, on any backend."""
+    if BACKEND == "jax":
+        import jax
+
+        values = [variable.value for variable in layer.trainable_variables]
+
+        def loss(values, x):
+            with keras.StatelessScope(state_mapping=list(zip(layer.trainable_variables, values))):
+                return ops.sum(layer(x) * upstream)
+
+        grad_values, grad_x = jax.grad(loss, argnums=(0, 1))(values, x)
+        return [np.asarray(grad_x)] + [np.asarray(g) for g in grad_values]
+    if BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        x = tf.constant(x)
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = tf.reduce_sum(layer(x) * upstream)
+        return [g.numpy() for g in tape.gradient(loss, [x] + [v.value for v in layer.trainable_variables])]
+    import torch
+
+    x = torch.tensor(x, requires_grad=True)
+    loss = (layer(x) * torch.from_numpy(upstream)).sum()
+    weights = [v.value for v in layer.trainable_variables]
+    return [g.detach().numpy() for g in torch.autograd.grad(loss, [x] + weights)]
+
+
+def test_jax_float32_dense_over_tokens_differentiates_two_dimensional_products():
+    if BACKEND != "jax":
+        pytest.skip("the JAX form of a float32 Dense over tokens")
+    import jax
+
+    layer = Dense(12)
+    layer.build((2, 6, 8))
+    values = [variable.value for variable in layer.trainable_variables]
+    x = np.random.default_rng(6).normal(size=(2, 6, 8)).astype("float32")
+
+    def loss(values, x):
+        with keras.StatelessScope(state_mapping=list(zip(layer.trainable_variables, values))):
+            return ops.sum(layer(x) ** 2)
+
+    jaxpr = jax.make_jaxpr(jax.grad(loss, argnums=(0, 1)))(values, x).jaxpr
+    products = [e for e in _equations(jaxpr) if e.primitive.name == "dot_general"]
+    # Forward, input gradient, kernel gradient: each a product of 2-D operands (the 3-D
+    # product's kernel gradient contracts two axes of each operand; XLA:CPU ran that slower).
+    assert len(products) == 3
+    assert all(len(v.aval.shape) == 2 for e in products for v in e.invars), [
+        [v.aval.shape for v in e.invars] for e in products
+    ]
+
+
 def test_float32_inputs_take_keras_matmul_unchanged():
     a = np.ones((2, 3), "float32")
     b = np.ones((3, 4), "float32")
