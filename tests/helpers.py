@@ -282,3 +282,14 @@ def check_layer(layer_cls, init_kwargs, inputs, call_kwargs=None, tmp_path=None,
         data = inputs if len(inputs) > 1 else inputs[0]
         assert_same_outputs(loaded(data), model(data))
     return layer
+
+
+def jaxpr_equations(jaxpr):
+    """Every equation of a jaxpr and of the jaxprs nested in its equations' parameters."""
+    for equation in jaxpr.eqns:
+        yield equation
+        for value in equation.params.values():
+            for inner in value if isinstance(value, (list, tuple)) else [value]:
+                inner = getattr(inner, "jaxpr", inner)
+                if hasattr(inner, "eqns"):
+                    yield from jaxpr_equations(inner)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from keras import ops
 
-from helpers import gradients, to_numpy
+from helpers import gradients, jaxpr_equations, to_numpy
 from keras_deepvit.layers import refiner_training
 from keras_deepvit.layers.refiner_attention import DistributedLocalAttention
 
@@ -126,3 +126,25 @@ def test_written_out_step_keeps_two_expanded_maps_per_refiner():
     written_out, by_layer = per_refiner(True), per_refiner(False)
     assert written_out <= 1.1 * (2 * 3 * maps_bytes + 2 * maps_bytes), (written_out, maps_bytes)
     assert written_out < 0.6 * by_layer, (written_out, by_layer)
+
+
+def test_jax_backward_sums_each_batch_norm_gradient_pair_in_one_reduction():
+    # `d_beta` and `d_gamma` of each of the refiner's three BatchNorms are one variadic
+    # reduction over the maps on JAX, not two passes that each recompute their inputs.
+    if keras.backend.backend() != "jax":
+        pytest.skip("the JAX form of the written-out backward pass")
+    import jax
+
+    layer = random_refiner(7)
+    variables = layer.weights
+    maps = np.random.default_rng(8).random(MAPS_SHAPE).astype("float32")
+
+    def loss(values, x):
+        with keras.StatelessScope(state_mapping=list(zip(variables, values))):
+            return ops.sum(layer(x, training=True) ** 2)
+
+    jaxpr = jax.make_jaxpr(jax.grad(loss))([v.value for v in variables], maps).jaxpr
+    pairs = [e for e in jaxpr_equations(jaxpr) if e.primitive.name == "reduce" and len(e.outvars) == 2]
+    assert len(pairs) == 3, [e.primitive.name for e in jaxpr_equations(jaxpr)]
+    assert all(e.params["dimensions"] == (0, 2, 3) for e in pairs)
+

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from keras import ops
 
-from helpers import asked_while_tracing_for_xla, xla_compiled_on_tensorflow
+from helpers import asked_while_tracing_for_xla, jaxpr_equations, xla_compiled_on_tensorflow
 from keras_deepvit.layers import machine_facts, wide_matmul
 from keras_deepvit.layers.dense import Dense
 
@@ -101,17 +101,6 @@ def test_bias_values_and_gradients_equal_the_float32_affine_map(wide_path):
         np.testing.assert_allclose(mine, theirs, rtol=3e-2, atol=3e-2 * np.abs(theirs).max())
 
 
-def _equations(jaxpr):
-    """Every equation of a jaxpr and of the jaxprs nested in its equations' parameters."""
-    for equation in jaxpr.eqns:
-        yield equation
-        for value in equation.params.values():
-            for inner in value if isinstance(value, (list, tuple)) else [value]:
-                inner = getattr(inner, "jaxpr", inner)
-                if hasattr(inner, "eqns"):
-                    yield from _equations(inner)
-
-
 def test_jax_dense_gradient_keeps_bfloat16_products_and_sums_its_bias_in_float32(wide_path):
     if BACKEND != "jax":
         pytest.skip("the JAX form of the wide product's gradient")
@@ -129,7 +118,7 @@ def test_jax_dense_gradient_keeps_bfloat16_products_and_sums_its_bias_in_float32
     gradient = jax.grad(loss, argnums=(0, 1))
     # The bias gradient sums the bfloat16 upstream in float32: a bfloat16 sum is what
     # XLA:CPU rewrote into a slow windowed reduction.
-    sums = [e for e in _equations(jax.make_jaxpr(gradient)(values, x).jaxpr) if e.primitive.name == "reduce_sum"]
+    sums = [e for e in jaxpr_equations(jax.make_jaxpr(gradient)(values, x).jaxpr) if e.primitive.name == "reduce_sum"]
     assert sums and all(e.invars[0].aval.dtype != np.dtype("bfloat16") for e in sums)
     # Forward, input and kernel gradient: three products, each of bfloat16 operands (the
     # kernel gradient contracted as a 2-D product ran on float32 copies).
@@ -199,7 +188,7 @@ def test_jax_float32_dense_over_tokens_differentiates_two_dimensional_products()
             return ops.sum(layer(x) ** 2)
 
     jaxpr = jax.make_jaxpr(jax.grad(loss, argnums=(0, 1)))(values, x).jaxpr
-    products = [e for e in _equations(jaxpr) if e.primitive.name == "dot_general"]
+    products = [e for e in jaxpr_equations(jaxpr) if e.primitive.name == "dot_general"]
     # Forward, input gradient, kernel gradient: each a product of 2-D operands (the 3-D
     # product's kernel gradient contracts two axes of each operand; XLA:CPU ran that slower).
     assert len(products) == 3
