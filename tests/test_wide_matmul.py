@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from keras import ops
 
-from helpers import asked_while_tracing_for_xla, jaxpr_equations, xla_compiled_on_tensorflow
+from helpers import asked_while_tracing_for_xla, gradients, jaxpr_equations, xla_compiled_on_tensorflow
 from keras_deepvit.layers import machine_facts, wide_matmul
 from keras_deepvit.layers.dense import Dense
 
@@ -140,37 +140,16 @@ def test_float32_dense_over_tokens_matches_keras_dense_values_and_gradients():
         ops.convert_to_numpy(ours(x)), ops.convert_to_numpy(theirs(x)), rtol=1e-6, atol=1e-6
     )
     upstream = np.random.default_rng(5).normal(size=(2, 5, 6)).astype("float32")
-    for got, want in zip(_input_and_weight_gradients(ours, x, upstream), _input_and_weight_gradients(theirs, x, upstream)):
+    inputs = keras.Variable(x)
+
+    def input_and_weight_gradients(layer):
+        def loss():
+            return ops.sum(ops.multiply(layer(inputs.value), upstream))
+
+        return gradients(loss, [inputs] + layer.trainable_variables)[1]
+
+    for got, want in zip(input_and_weight_gradients(ours), input_and_weight_gradients(theirs)):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
-
-
-def _input_and_weight_gradients(layer, x, upstream):
-    """Gradients of `sum(layer(x) * upstream)` for x, kernel and bias, on any backend."""
-    if BACKEND == "jax":
-        import jax
-
-        values = [variable.value for variable in layer.trainable_variables]
-
-        def loss(values, x):
-            with keras.StatelessScope(state_mapping=list(zip(layer.trainable_variables, values))):
-                return ops.sum(layer(x) * upstream)
-
-        grad_values, grad_x = jax.grad(loss, argnums=(0, 1))(values, x)
-        return [np.asarray(grad_x)] + [np.asarray(g) for g in grad_values]
-    if BACKEND == "tensorflow":
-        import tensorflow as tf
-
-        x = tf.constant(x)
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            loss = tf.reduce_sum(layer(x) * upstream)
-        return [g.numpy() for g in tape.gradient(loss, [x] + [v.value for v in layer.trainable_variables])]
-    import torch
-
-    x = torch.tensor(x, requires_grad=True)
-    loss = (layer(x) * torch.from_numpy(upstream)).sum()
-    weights = [v.value for v in layer.trainable_variables]
-    return [g.detach().numpy() for g in torch.autograd.grad(loss, [x] + weights)]
 
 
 def test_jax_float32_dense_over_tokens_differentiates_two_dimensional_products():
