@@ -148,3 +148,45 @@ def test_jax_backward_sums_each_batch_norm_gradient_pair_in_one_reduction():
     assert len(pairs) == 3, [e.primitive.name for e in jaxpr_equations(jaxpr)]
     assert all(e.params["dimensions"] == (0, 2, 3) for e in pairs)
 
+
+
+@pytest.mark.parametrize("channels", [(3, 5), (5, 3)])
+def test_summed_channel_products_equal_the_batch_summed_product_in_either_order(channels):
+    rng = np.random.default_rng(9)
+    left = rng.normal(size=(2, channels[0], 63)).astype("float32")
+    right = rng.normal(size=(2, channels[1], 63)).astype("float32")
+    result = to_numpy(refiner_training._summed_channel_products(left, right))
+    assert result.shape == channels
+    np.testing.assert_allclose(result, np.einsum("bmk,bnk->mn", left, right), rtol=1e-5, atol=1e-5)
+
+
+def test_jax_kernel_gradients_put_the_operand_of_more_channels_on_the_left():
+    # Both 1x1 convolutions' kernel gradients contract the `rows * cols` axis of a
+    # 4-channel and a 12-channel operand; the 12-channel one goes on the left.
+    if keras.backend.backend() != "jax":
+        pytest.skip("checked on the JAX form of the written-out backward pass")
+    import jax
+
+    layer = random_refiner(10)
+    variables = layer.weights
+    maps = np.random.default_rng(11).random(MAPS_SHAPE).astype("float32")
+
+    def loss(values, x):
+        with keras.StatelessScope(state_mapping=list(zip(variables, values))):
+            return ops.sum(layer(x, training=True) ** 2)
+
+    jaxpr = jax.make_jaxpr(jax.grad(loss))([v.value for v in variables], maps).jaxpr
+    pixels = MAPS_SHAPE[2] * MAPS_SHAPE[3]
+
+    def kept(shape, contracted):
+        return [size for axis, size in enumerate(shape) if axis not in (0, *contracted)]
+
+    kernel_products = []  # (left channels, right channels) of the products over the pixels
+    for equation in jaxpr_equations(jaxpr):
+        if equation.primitive.name != "dot_general":
+            continue
+        (lhs_contracted, rhs_contracted), _ = equation.params["dimension_numbers"]
+        lhs, rhs = (v.aval.shape for v in equation.invars)
+        if [lhs[axis] for axis in lhs_contracted] == [pixels]:
+            kernel_products.append((kept(lhs, lhs_contracted), kept(rhs, rhs_contracted)))
+    assert kernel_products == [([12], [4])] * 2, kernel_products
