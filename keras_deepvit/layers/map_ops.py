@@ -30,6 +30,7 @@ import keras
 from keras import ops
 
 from keras_deepvit.layers import half_arithmetic, wide_matmul
+from keras_deepvit.layers.channel_sums import channel_sums, sums_in_one_pass
 
 if keras.backend.backend() == "torch":
     import torch
@@ -334,18 +335,26 @@ def depthwise_conv_channels_first_gradients(maps, kernel, upstream):
     kernel = ops.cast(kernel, maps.dtype)
     flipped = ops.flip(ops.flip(kernel, axis=0), axis=1)
     d_maps = depthwise_conv_valid(ops.pad(upstream, padding), flipped, data_format="channels_first")
-    # XLA:CPU reduces a product of slices only from materialised operands, so
-    # each tap copies its slice of the padded maps. Each tap's copy is made to
-    # depend on the reduction before (`0 * previous` added to the maps it pads,
-    # which XLA cannot fold away for floats), so that one copy is live at a
-    # time rather than all of them. The maps are padded here rather than kept
-    # padded from the forward pass: a kept copy would be one more saved map.
+    # The maps are padded here rather than kept padded from the forward pass: a
+    # kept copy would be one more saved map.
     wide_maps = ops.cast(maps, "float32")
     wide_upstream = ops.cast(upstream, "float32")
     rows, cols = ops.shape(maps)[2], ops.shape(maps)[3]
-    d_taps = []
-    for i in range(size):
-        for j in range(size):
+    taps = [(i, j) for i in range(size) for j in range(size)]
+    if sums_in_one_pass():
+        # One variadic reduction reads the padded maps and the upstream gradient
+        # once for every tap; no tap's product is materialised.
+        padded = ops.pad(wide_maps, padding)
+        d_taps = channel_sums(
+            *(padded[:, :, i : i + rows, j : j + cols] * wide_upstream for i, j in taps)
+        )
+    else:
+        # One reduction per tap, each from a materialised copy of its slice. Each
+        # copy is made to depend on the reduction before (`0 * previous` added to
+        # the maps it pads, which a compiler cannot fold away for floats), so that
+        # one copy is live at a time rather than all of them.
+        d_taps = []
+        for i, j in taps:
             source = wide_maps if not d_taps else wide_maps + d_taps[-1][0] * 0.0
             window = ops.pad(source, padding)[:, :, i : i + rows, j : j + cols]
             d_taps.append(ops.sum(window * wide_upstream, axis=(0, 2, 3)))

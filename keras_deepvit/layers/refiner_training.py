@@ -17,18 +17,15 @@ variance, with which the layer updates its moving statistics exactly as
 
 import functools
 
-import keras
 from keras import ops
 
 from keras_deepvit.layers import wide_matmul
+from keras_deepvit.layers.channel_sums import channel_moments, channel_sums
 from keras_deepvit.layers.map_ops import (
     depthwise_conv_channels_first,
     depthwise_conv_channels_first_gradients,
     mix_channels,
 )
-
-#: The axes a `(batch, channels, rows, cols)` BatchNorm reduces over.
-_STATISTICS_AXES = (0, 2, 3)
 
 
 def refine_with_batch_statistics(maps, weights, epsilon):
@@ -75,7 +72,7 @@ def _affine(x, mean, variance, gamma, beta, epsilon):
 
 def _normalized(x, gamma, beta, epsilon):
     """`(BatchNorm(x), mean, variance)` with batch statistics, in float32."""
-    mean, variance = ops.moments(ops.cast(x, "float32"), axes=_STATISTICS_AXES)
+    mean, variance = channel_moments(x)
     return _affine(x, mean, variance, gamma, beta, epsilon), mean, variance
 
 
@@ -89,30 +86,13 @@ def _batch_norm_gradients(upstream, x, mean, variance, gamma, epsilon, dtype):
     `upstream`); `d_x` in `dtype`."""
     inverse = ops.rsqrt(variance + epsilon)
     normalized = (x - _per_channel(mean)) * _per_channel(inverse)
-    d_beta, d_gamma = _channel_sums(upstream, upstream * normalized)
+    d_beta, d_gamma = channel_sums(upstream, upstream * normalized)
     shape = ops.shape(x)
     count = ops.cast(shape[0] * shape[2] * shape[3], "float32")
     d_x = _per_channel(gamma * inverse) * (
         upstream - _per_channel(d_beta / count) - normalized * _per_channel(d_gamma / count)
     )
     return ops.cast(d_x, dtype), d_gamma, d_beta
-
-
-def _channel_sums(first, second):
-    """Per-channel sums of two float32 `(batch, channels, rows, cols)` maps.
-
-    On JAX, one variadic reduction, one pass over the maps: XLA:CPU reduces two
-    sums separately, and each pass recomputes the maps' producers from the stored
-    activations (measured in docs/performance.md, "Dense layers under JAX").
-    """
-    if keras.backend.backend() != "jax":
-        return ops.sum(first, axis=_STATISTICS_AXES), ops.sum(second, axis=_STATISTICS_AXES)
-    from jax import lax
-
-    zero = ops.zeros((), "float32")
-    return lax.reduce(
-        (first, second), (zero, zero), lambda a, b: (a[0] + b[0], a[1] + b[1]), _STATISTICS_AXES
-    )
 
 
 def _through_batch_norm_relu6(x, mean, variance, gamma, beta, epsilon, dtype, convolution_gradients):
