@@ -6,7 +6,9 @@ import keras
 import numpy as np
 import pytest
 
-from helpers import asked_while_tracing_for_xla, compiled, jaxpr_equations, to_numpy, xla_compiled_on_tensorflow
+from helpers import (
+    asked_while_tracing_for_xla, compiled, jaxpr_equations, to_numpy, xla_compiled_on_tensorflow,
+)
 from keras_deepvit.layers import channel_sums as module
 from keras_deepvit.layers.channel_sums import channel_moments, channel_sums, sums_in_one_pass
 from keras_deepvit.layers.map_ops import depthwise_conv_channels_first_gradients
@@ -30,7 +32,7 @@ def test_docstring_examples():
 @pytest.mark.parametrize("compile_with_xla", [False, True])
 def test_sums_equal_numpy_for_any_number_of_maps(count, compile_with_xla):
     maps = random_maps(count)
-    function = (lambda *m: channel_sums(*m))
+    function = channel_sums
     if compile_with_xla:
         function = compiled(xla_compiled_on_tensorflow(function))
     sums = function(*maps)

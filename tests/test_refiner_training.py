@@ -128,22 +128,27 @@ def test_written_out_step_keeps_two_expanded_maps_per_refiner():
     assert written_out < 0.6 * by_layer, (written_out, by_layer)
 
 
-def test_jax_backward_sums_each_batch_norm_gradient_pair_in_one_reduction():
-    # `d_beta` and `d_gamma` of each of the refiner's three BatchNorms are one variadic
-    # reduction over the maps on JAX, not two passes that each recompute their inputs.
+def jax_training_gradient_jaxpr(seed):
+    """The jaxpr of a random refiner's training-step gradient (skips off JAX)."""
     if keras.backend.backend() != "jax":
         pytest.skip("the JAX form of the written-out backward pass")
     import jax
 
-    layer = random_refiner(7)
+    layer = random_refiner(seed)
     variables = layer.weights
-    maps = np.random.default_rng(8).random(MAPS_SHAPE).astype("float32")
+    maps = np.random.default_rng(seed + 1).random(MAPS_SHAPE).astype("float32")
 
     def loss(values, x):
         with keras.StatelessScope(state_mapping=list(zip(variables, values))):
             return ops.sum(layer(x, training=True) ** 2)
 
-    jaxpr = jax.make_jaxpr(jax.grad(loss))([v.value for v in variables], maps).jaxpr
+    return jax.make_jaxpr(jax.grad(loss))([v.value for v in variables], maps).jaxpr
+
+
+def test_jax_backward_sums_each_batch_norm_gradient_pair_in_one_reduction():
+    # `d_beta` and `d_gamma` of each of the refiner's three BatchNorms are one variadic
+    # reduction over the maps on JAX, not two passes that each recompute their inputs.
+    jaxpr = jax_training_gradient_jaxpr(seed=7)
     pairs = [e for e in jaxpr_equations(jaxpr) if e.primitive.name == "reduce" and len(e.outvars) == 2]
     assert len(pairs) == 3, [e.primitive.name for e in jaxpr_equations(jaxpr)]
     assert all(e.params["dimensions"] == (0, 2, 3) for e in pairs)
@@ -163,19 +168,7 @@ def test_summed_channel_products_equal_the_batch_summed_product_in_either_order(
 def test_jax_kernel_gradients_put_the_operand_of_more_channels_on_the_left():
     # Both 1x1 convolutions' kernel gradients contract the `rows * cols` axis of a
     # 4-channel and a 12-channel operand; the 12-channel one goes on the left.
-    if keras.backend.backend() != "jax":
-        pytest.skip("checked on the JAX form of the written-out backward pass")
-    import jax
-
-    layer = random_refiner(10)
-    variables = layer.weights
-    maps = np.random.default_rng(11).random(MAPS_SHAPE).astype("float32")
-
-    def loss(values, x):
-        with keras.StatelessScope(state_mapping=list(zip(variables, values))):
-            return ops.sum(layer(x, training=True) ** 2)
-
-    jaxpr = jax.make_jaxpr(jax.grad(loss))([v.value for v in variables], maps).jaxpr
+    jaxpr = jax_training_gradient_jaxpr(seed=10)
     pixels = MAPS_SHAPE[2] * MAPS_SHAPE[3]
 
     def kept(shape, contracted):
