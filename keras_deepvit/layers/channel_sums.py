@@ -45,7 +45,7 @@ def channel_sums(*maps):
         from jax import lax
 
         zeros = tuple(ops.zeros((), "float32") for _ in maps)
-        return tuple(lax.reduce(maps, zeros, _adder(len(maps)), AXES))
+        return tuple(lax.reduce(maps, zeros, _add_pairwise, AXES))
     if backend == "tensorflow" and _tensorflow_variadic_reduce_here():
         return _tensorflow_variadic_sums(maps)
     return tuple(ops.sum(m, axis=AXES) for m in maps)
@@ -92,13 +92,9 @@ def channel_moments(maps):
     return mean, squares / count
 
 
-def _adder(count):
-    """The reducer of a variadic sum of `count` values: `(a..., b...) -> a + b`."""
-
-    def add(first, second):
-        return tuple(a + b for a, b in zip(first, second))
-
-    return add
+def _add_pairwise(first, second):
+    """The reducer of a variadic sum: two tuples of partial sums, added entry by entry."""
+    return tuple(a + b for a, b in zip(first, second))
 
 
 def _tensorflow_variadic_reduce_here():
