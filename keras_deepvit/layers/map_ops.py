@@ -357,7 +357,7 @@ def depthwise_conv_channels_first_gradients(maps, kernel, upstream):
         for i, j in taps:
             source = wide_maps if not d_taps else wide_maps + d_taps[-1][0] * 0.0
             window = ops.pad(source, padding)[:, :, i : i + rows, j : j + cols]
-            d_taps.append(ops.sum(window * wide_upstream, axis=(0, 2, 3)))
+            d_taps.append(channel_sums(window * wide_upstream)[0])
     d_kernel = ops.reshape(ops.stack(d_taps), (size, size, -1))[..., None]
     return d_maps, ops.cast(d_kernel, kernel_dtype)
 
