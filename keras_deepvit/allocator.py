@@ -61,9 +61,10 @@ SETTINGS = {
 _NAMES = {M_TRIM_THRESHOLD: "M_TRIM_THRESHOLD", M_MMAP_THRESHOLD: "M_MMAP_THRESHOLD",
           M_MMAP_MAX: "M_MMAP_MAX", M_ARENA_MAX: "M_ARENA_MAX"}
 
-#: `KERAS_DEEPVIT_ALLOCATOR` values: keep freed memory, or leave the allocator alone.
+#: `KERAS_DEEPVIT_ALLOCATOR` values: keep freed memory (settings by backend), keep it on
+#: one heap whatever the backend, or leave the allocator alone.
 ALLOCATOR_ENV = "KERAS_DEEPVIT_ALLOCATOR"
-CHOICES = ("retain", "system")
+CHOICES = ("retain", "single-heap", "system")
 
 #: Environment variables that mean the process already chose its allocator's settings.
 _OWN_SETTINGS = (
@@ -92,7 +93,14 @@ def applied_pattern():
 
 
 def allocator_choice(environ=None):
-    """The allocator setting asked for: `"retain"` (the default) or `"system"`.
+    """The allocator setting asked for: `"retain"` (the default), `"single-heap"` or `"system"`.
+
+    `"single-heap"` applies the `"scratch"` settings (one heap, no block mapped on
+    its own) whatever the backend. PyTorch's large blocks, such as the refiner's
+    `B x 3H x N x N` maps, are then reused instead of mapped and faulted in anew
+    each step; the price is a fragmented heap and a higher peak memory for the
+    PyTorch backend at 384 and 448 (docs/performance.md, "The allocator"). The
+    benchmark uses it to time the PyTorch reference at its fastest.
 
     Args:
         environ: the environment to read (default: `os.environ`).
@@ -112,7 +120,8 @@ def allocator_choice(environ=None):
         raise ValueError(
             f"{ALLOCATOR_ENV}={environ[ALLOCATOR_ENV]!r} is not one of {', '.join(CHOICES)}: "
             "'retain' keeps freed memory for reuse (the default), 'system' leaves the "
-            "C library's allocator as it is."
+            "C library's allocator as it is, 'single-heap' keeps freed memory on one heap "
+            "whatever the backend."
         )
     return value
 
@@ -175,7 +184,8 @@ def retain_freed_memory(backend=None, environ=None):
 
     Args:
         backend: the Keras backend the process computes with (default: Keras'
-            current one, or `KERAS_BACKEND`); it picks the settings.
+            current one, or `KERAS_BACKEND`); it picks the settings, unless
+            `KERAS_DEEPVIT_ALLOCATOR` is `single-heap`.
         environ: the environment to read (default: `os.environ`).
 
     Returns:
@@ -185,7 +195,7 @@ def retain_freed_memory(backend=None, environ=None):
         refused a later setting after taking an earlier one).
 
     Raises:
-        ValueError: `KERAS_DEEPVIT_ALLOCATOR` is neither `retain` nor `system`.
+        ValueError: `KERAS_DEEPVIT_ALLOCATOR` is not one of `CHOICES`.
 
     Example:
     >>> retain_freed_memory("jax", {"KERAS_DEEPVIT_ALLOCATOR": "system"})
@@ -193,7 +203,8 @@ def retain_freed_memory(backend=None, environ=None):
     """
     global _applied
     environ = os.environ if environ is None else environ
-    if allocator_choice(environ) == "system":
+    choice = allocator_choice(environ)
+    if choice == "system":
         return {"allocator": "unchanged", "reason": f"{ALLOCATOR_ENV}=system"}
     if _applied is not None:
         return dict(_applied)
@@ -203,7 +214,10 @@ def retain_freed_memory(backend=None, environ=None):
     mallopt = _glibc_mallopt()
     if mallopt is None:
         return {"allocator": "unchanged", "reason": "not glibc's malloc"}
-    pattern = allocation_pattern(backend or _keras_backend(environ))
+    if choice == "single-heap":
+        pattern = "scratch"
+    else:
+        pattern = allocation_pattern(backend or _keras_backend(environ))
     settings = SETTINGS[pattern]
     for parameter, value in settings:
         if not mallopt(parameter, value):

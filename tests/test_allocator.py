@@ -110,10 +110,25 @@ def test_system_choice_and_own_settings_leave_the_allocator_alone():
         assert child["faults_after_first_round"] > 50_000, child
 
 
+@pytest.mark.skipif(not GLIBC, reason="glibc's malloc only (Linux)")
+def test_single_heap_keeps_large_blocks_whatever_the_backend():
+    # The PyTorch settings map a 96 MiB block anew each round (the test above);
+    # `single-heap` keeps it on the one heap, as for JAX.
+    retained = _run_child({"KERAS_DEEPVIT_ALLOCATOR": "single-heap"}, "thread", "torch")
+    assert retained["result"] == {
+        "allocator": "glibc", "pattern": "scratch",
+        "settings": {"M_ARENA_MAX": 1, "M_MMAP_MAX": 0, "M_TRIM_THRESHOLD": -1},
+    }
+    assert retained["faults_after_first_round"] < 1_000, retained
+
+
 def test_an_unknown_choice_is_refused_with_the_values_allowed():
-    with pytest.raises(ValueError, match=r"KERAS_DEEPVIT_ALLOCATOR='jemalloc' is not one of retain, system"):
+    with pytest.raises(
+        ValueError, match=r"KERAS_DEEPVIT_ALLOCATOR='jemalloc' is not one of retain, single-heap, system"
+    ):
         allocator.allocator_choice({"KERAS_DEEPVIT_ALLOCATOR": "jemalloc"})
     assert allocator.allocator_choice({"KERAS_DEEPVIT_ALLOCATOR": " System "}) == "system"
+    assert allocator.allocator_choice({"KERAS_DEEPVIT_ALLOCATOR": "single-heap"}) == "single-heap"
 
 
 def test_off_glibc_nothing_is_changed(monkeypatch):

@@ -106,4 +106,31 @@ def test_the_allocator_option_reaches_the_workers_and_a_wrong_value_is_named(mon
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["list"])
     assert exit_info.value.code == 2
-    assert "KERAS_DEEPVIT_ALLOCATOR='tcmalloc' is not one of retain, system" in capsys.readouterr().err
+    assert "KERAS_DEEPVIT_ALLOCATOR='tcmalloc' is not one of retain, single-heap, system" in capsys.readouterr().err
+
+
+def test_warm_up_is_one_step_alone_then_interleaved_rounds(monkeypatch):
+    from keras_deepvit.benchmark import worker
+
+    calls = []
+
+    class Recorder:
+        def __init__(self, label):
+            self.label = label
+
+        def step(self):
+            calls.append(self.label)
+
+    contestants = [Recorder("keras-a"), Recorder("torch-b")]
+    monkeypatch.setattr(worker, "build_contestants", lambda *args, **kwargs: (contestants, {}, {}))
+    monkeypatch.setattr(worker, "SETTLE_S", 0.0)
+    spec = {"model": "pit_ti", "image_size": 32, "batch": 2, "mode": "train", "warmup": 3, "repeats": 2}
+    result = worker.run_job(spec)
+    alone, warm_rounds, timed_rounds = calls[:2], calls[2:6], calls[6:]
+    assert alone == ["keras-a", "torch-b"]
+    # Warm-up rounds rotate as the timed ones do.
+    assert warm_rounds == ["keras-a", "torch-b", "torch-b", "keras-a"]
+    assert timed_rounds == ["keras-a", "torch-b", "torch-b", "keras-a"]
+    for label in ("keras-a", "torch-b"):
+        assert len(result["contestants"][label]["warmup_s"]) == 3
+        assert len(result["contestants"][label]["times_s"]) == 2

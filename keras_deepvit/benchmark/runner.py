@@ -16,7 +16,7 @@ import sys
 import tempfile
 import time
 
-from keras_deepvit.allocator import ALLOCATOR_ENV, allocator_choice, retain_freed_memory
+from keras_deepvit.allocator import ALLOCATOR_ENV, CHOICES, allocator_choice, retain_freed_memory
 from keras_deepvit.benchmark.table import COLUMNS, format_table, summarize
 from keras_deepvit.cpuinfo import cpu_flags, cpu_model, read_cpuinfo
 
@@ -61,7 +61,9 @@ def add_arguments(parser):
     )
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds (median; default: 5)")
     parser.add_argument(
-        "--warmup", type=int, default=2, help="untimed steps per contestant first (default: 2)"
+        "--warmup", type=int, default=3,
+        help="untimed steps per contestant first: one alone (it compiles), the rest in "
+        "interleaved rounds (default: 3)"
     )
     parser.add_argument("--modes", default="infer,train", help="infer, train or both (default)")
     parser.add_argument(
@@ -94,9 +96,10 @@ def add_arguments(parser):
         "onnxruntime; written on the TensorFlow backend: keras_deepvit.benchmark.exported_side)",
     )
     parser.add_argument(
-        "--allocator", default=None, choices=("retain", "system"),
+        "--allocator", default=None, choices=CHOICES,
         help="the workers' C allocator, for every contestant alike: 'retain' keeps freed memory "
-        "for reuse (keras_deepvit.allocator; the default), 'system' leaves glibc's defaults "
+        "for reuse, set by backend (keras_deepvit.allocator; the default), 'single-heap' on one "
+        "heap whatever the backend (the PyTorch reference's fastest), 'system' leaves glibc's defaults "
         "(default: $KERAS_DEEPVIT_ALLOCATOR, else retain)",
     )
     parser.add_argument("--json", default=None, metavar="OUT", help="write all results here")
@@ -161,7 +164,7 @@ def _run_subprocess(spec, backend, module="keras_deepvit.benchmark.worker"):
 
 def run_benchmark(
     models=DEFAULT_MODELS, backends=None, batch_sizes=(8,), image_size=None, repeats=5,
-    warmup=2, modes=("infer", "train"), keras_variants=None, torch_variants=("eager", "sdpa", "compile"),
+    warmup=3, modes=("infer", "train"), keras_variants=None, torch_variants=("eager", "sdpa", "compile"),
     memory=True, dtype="float32", model_kwargs=None, in_process=False, log=print, gemm_size=2048,
     exported=False,
 ):

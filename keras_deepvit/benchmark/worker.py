@@ -3,7 +3,10 @@
 All contestants (the Keras variants and the PyTorch variants) are built, warmed
 up, then timed in interleaved rounds: every round runs one step of each, in an
 order that rotates from round to round, so that a slow spell of a shared
-machine hits all of them alike. Each contestant's result is the median step
+machine hits all of them alike. The warm-up is each contestant's first step
+alone (it compiles), then `warmup - 1` untimed interleaved rounds: with the
+allocator keeping freed memory, a contestant's first steps after another
+framework's ran slower until the shared heap settled (docs/performance.md). Each contestant's result is the median step
 time over the rounds (img/s = batch / median).
 
 A memory probe (`spec["memory_probe"]` names one contestant) builds only that
@@ -115,6 +118,14 @@ def _timed(fn):
     start = time.perf_counter()
     fn()
     return time.perf_counter() - start
+
+
+def _rotated(contestants, round_index):
+    """The round's order: the list rotated by the round's index (a copy)."""
+    if not contestants:
+        return []
+    shift = round_index % len(contestants)
+    return contestants[shift:] + contestants[:shift]
 
 
 def build_contestants(spec, images, labels, only=None):
@@ -232,14 +243,23 @@ def run_job(spec):
                         np.linalg.norm(actual - expected) / np.linalg.norm(expected)
                     )
 
+    warmup = max(1, spec.get("warmup", 3))
     alive = []
     for c in contestants:
         try:
-            times = [_timed(c.step) for _ in range(max(1, spec.get("warmup", 2)))]
-            result["contestants"][c.label] = {"warmup_s": times}
+            result["contestants"][c.label] = {"warmup_s": [_timed(c.step)]}
             alive.append(c)
         except Exception as error:  # noqa: BLE001
             result["errors"][c.label] = f"{type(error).__name__}: {error}"
+    # The other warm-up steps interleave as the timed rounds do: the first rounds
+    # after another framework's steps are slower until the shared heap settles.
+    for r in range(warmup - 1):
+        for c in _rotated(alive, r):
+            try:
+                result["contestants"][c.label]["warmup_s"].append(_timed(c.step))
+            except Exception as error:  # noqa: BLE001
+                result["errors"][c.label] = f"{type(error).__name__}: {error}"
+                alive.remove(c)
 
     if probe is not None:
         for c in alive:
@@ -253,8 +273,7 @@ def run_job(spec):
     repeats = max(1, spec.get("repeats", 5))
     times = {c.label: [] for c in alive}
     for r in range(repeats):
-        order = alive[r % len(alive):] + alive[: r % len(alive)] if alive else []
-        for c in order:
+        for c in _rotated(alive, r):
             times[c.label].append(_timed(c.step))
     for c in alive:
         median = float(np.median(times[c.label]))
