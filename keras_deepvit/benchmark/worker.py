@@ -6,8 +6,9 @@ order that rotates from round to round, so that a slow spell of a shared
 machine hits all of them alike. The warm-up is each contestant's first step
 alone (it compiles), then `warmup - 1` untimed interleaved rounds: with the
 allocator keeping freed memory, a contestant's first steps after another
-framework's ran slower until the shared heap settled (docs/performance.md). Each contestant's result is the median step
-time over the rounds (img/s = batch / median).
+framework's ran slower until the shared heap settled (docs/performance.md).
+Each contestant's result is the median step time over the rounds
+(img/s = batch / median).
 
 A memory probe (`spec["memory_probe"]` names one contestant) builds only that
 contestant, runs its warm-up and one step, and reports the process's peak
