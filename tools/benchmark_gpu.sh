@@ -10,10 +10,11 @@
 # train_tensorflow memory memory_remat; train_tensorflow is skipped (with a line saying
 # so) where TensorFlow sees no GPU. Not in the default list: train_torch_compile (Keras'
 # `torch.compile` variant of the PyTorch backend's PiT-S training step, held to
-# COMPILE_TIMEOUT seconds, default 300). Each step is one `keras-deepvit benchmark` call and writes
-# OUT_DIR/<step>.json and OUT_DIR/<step>.log as it finishes, so a run cut short keeps what
-# it measured. JAX and PyTorch share the GPU inside one job (the reference runs in the
-# Keras job's process): JAX is held to 45% of the memory instead of its default 75%.
+# COMPILE_TIMEOUT seconds, default 300). Each step is one `keras-deepvit benchmark` call
+# and writes OUT_DIR/<step>.json and OUT_DIR/<step>.log as it finishes, so a run cut short
+# keeps what it measured. The Keras backend and PyTorch share the GPU inside one job (the
+# reference runs in the Keras job's process): JAX is held to 45% of the memory instead of
+# its default 75%, and TensorFlow takes memory as it needs it instead of all at once.
 set -uo pipefail
 
 out=${1:?usage: bash tools/benchmark_gpu.sh OUT_DIR [STEP ...]}
@@ -22,6 +23,7 @@ steps=("$@")
 [ ${#steps[@]} -eq 0 ] && steps=(train_jax infer_jax train_torch infer_torch train_tensorflow memory memory_remat)
 mkdir -p "$out"
 export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.45}
+export TF_FORCE_GPU_ALLOW_GROWTH=${TF_FORCE_GPU_ALLOW_GROWTH:-true}
 export PYTHONUNBUFFERED=1
 # The command itself imports Keras: a GPU machine without TensorFlow needs another default.
 export KERAS_BACKEND=${KERAS_BACKEND:-jax}
